@@ -1,0 +1,136 @@
+"""Typed configuration: one frozen dataclass per concern, loaded from YAML, unknown keys rejected.
+
+The same section names are used by the YAML files under config/, the checkpoint metadata, the
+node's parameters and the CLI. Only factories (`build_*`) read a config; classes take plain
+arguments.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+
+# LiDiff's MinkUNet channel list: stem, stage1..4, up1..4.
+LIDIFF_CHANNELS = (32, 32, 64, 128, 256, 256, 128, 96, 96)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type; the message names it."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """LiDiff network shape (MinkUNetDiff / MinkGlobalEnc / MinkUNet) and sparse backend."""
+
+    channels: tuple[int, ...] = LIDIFF_CHANNELS
+    width: float = 1.0               # LiDiff's `cr`: every channel count is int(width * c)
+    voxel_size: float = 0.05         # metres per sparse voxel
+    refine_up_factor: int = 6        # points the refiner makes from each input point
+    backend: Literal["torch", "minkowski"] = "torch"
+
+    def __post_init__(self):
+        _check(len(self.channels) == 9, "model.channels", "needs 9 entries")
+        _check(self.width > 0, "model.width", "must be > 0")
+        _check(self.voxel_size > 0, "model.voxel_size", "must be > 0")
+        _check(self.refine_up_factor >= 1, "model.refine_up_factor", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Training noise schedule: linear betas, x_t = x_0 + sqrt(1 - abar_t) eps (LiDiff Sec. 3)."""
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 3.5e-5
+    beta_end: float = 0.007
+    beta_schedule: Literal["linear"] = "linear"
+
+    def __post_init__(self):
+        _check(self.num_train_timesteps >= 1, "diffusion.num_train_timesteps", "must be >= 1")
+        _check(0 < self.beta_start < self.beta_end < 1, "diffusion.beta_start/beta_end",
+               "need 0 < beta_start < beta_end < 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+
+
+def _check(ok: bool, name: str, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: {why}")
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(hint))}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        item = typing.get_args(hint)[0]
+        return tuple(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        return _convert(value, next(a for a in args if a is not type(None)), where)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (type(value) is not hint):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def from_dict(cls, data: Any, where: str = ""):
+    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}; known: {names}")
+    prefix = f"{where}." if where else ""
+    kwargs = {k: _convert(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}" if where and not str(err).startswith(where) else str(err)) from None
+
+
+def to_dict(cfg) -> dict:
+    """Plain dict (lists, not tuples) that `from_dict` reads back to an equal config."""
+    def plain(v):
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(cfg))
+
+
+def load_config(path: str | Path, cls=Config):
+    """Read a YAML file into `cls`; errors name the file and the field at fault."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    try:
+        return from_dict(cls, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None

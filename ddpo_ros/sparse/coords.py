@@ -1,0 +1,212 @@
+"""Voxel coordinate sets and kernel maps with MinkowskiEngine 0.5.4 semantics, in plain PyTorch.
+
+A `CoordinateSet` is what MinkowskiEngine calls a coordinate map: the unique integer voxel
+coordinates (batch, x, y, z) of a sparse tensor at one tensor stride. Coordinates are in
+stride-1 voxel units, so at tensor stride s every spatial coordinate is a multiple of s.
+Kernel maps (which input row feeds which output row through which kernel slice) are cached
+on the set, so the convolutions of a network that share coordinates build each map once.
+
+Conventions proven against a real MinkowskiEngine build (test/test_sparse_parity.py):
+- kernel offsets enumerate x fastest, then y, then z (`kernel_offsets`);
+- odd kernels are centred on the output voxel, even kernels span offsets 0..k-1;
+- a stride-2 convolution's output coordinates are floor(c / 2s) * 2s;
+- a transposed convolution writes back onto the finer coordinate set it came from.
+"""
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import Tensor
+
+
+def kernel_offsets(kernel_size: int) -> list[tuple[int, int, int]]:
+    """Kernel offsets in units of the input tensor stride, in MinkowskiEngine's order."""
+    if kernel_size < 1:
+        raise ValueError(f"kernel_size must be >= 1, got {kernel_size}")
+    lo = -((kernel_size - 1) // 2) if kernel_size % 2 else 0
+    axis = range(lo, lo + kernel_size)
+    # itertools.product varies its last factor fastest; ME varies x fastest.
+    return [(x, y, z) for z, y, x in itertools.product(axis, axis, axis)]
+
+
+def pack(grid: Tensor) -> Tensor:
+    """Packed int64 key of integer (n, 4) coordinates; the order is lexicographic (b, x, y, z)."""
+    if len(grid) == 0:
+        return grid.new_zeros(0)
+    lo = grid.min(0).values
+    extent = grid.max(0).values - lo + 1
+    g = grid - lo
+    if float(extent.double().prod()) >= 2 ** 62:
+        raise ValueError("coordinate extent too large to hash; crop the cloud first")
+    return ((g[:, 0] * extent[1] + g[:, 1]) * extent[2] + g[:, 2]) * extent[3] + g[:, 3]
+
+
+class KernelMap:
+    """Per kernel slice k: rows `inputs[k]` of the input feed rows `outputs[k]` of the output."""
+
+    __slots__ = ("inputs", "outputs", "n_out", "identity")
+
+    def __init__(self, inputs: list[Tensor], outputs: list[Tensor], n_out: int,
+                 identity: int | None = None):
+        self.inputs = inputs
+        self.outputs = outputs
+        self.n_out = n_out
+        self.identity = identity  # slice whose map is the identity (centre of a submanifold conv)
+
+    def transposed(self, n_out: int) -> "KernelMap":
+        return KernelMap(self.outputs, self.inputs, n_out, self.identity)
+
+
+class CoordinateSet:
+    """Unique voxel coordinates at one tensor stride, with cached lookups and kernel maps."""
+
+    def __init__(self, coords: Tensor, stride: int, finer: "CoordinateSet | None" = None):
+        if coords.ndim != 2 or coords.shape[1] != 4:
+            raise ValueError(f"coordinates must be (n, 4) = (batch, x, y, z), got {tuple(coords.shape)}")
+        self.coords = coords.long()
+        self.stride = int(stride)
+        self.finer = finer  # the set this one was strided from; a transposed conv writes back to it
+        self._grid = None
+        self._sorted = None
+        self._kernel_maps: dict = {}
+        self._coarser: dict = {}
+        self._batch_counts = None
+
+    def __len__(self) -> int:
+        return self.coords.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.coords.device
+
+    @property
+    def batch_index(self) -> Tensor:
+        return self.coords[:, 0]
+
+    # -- packed keys ---------------------------------------------------------------------------
+    def _packing(self):
+        """Grid coordinates (c / stride) and a linear packing into int64 keys.
+
+        One voxel of padding on every side keeps the packing linear for neighbours at offsets
+        -1..+1, so a neighbour's key is the voxel's key plus a constant and never aliases.
+        """
+        if self._grid is None:
+            grid = self.coords.clone()
+            grid[:, 1:] = torch.div(grid[:, 1:], self.stride, rounding_mode="floor")
+            if len(grid):
+                lo = grid.min(0).values - 1
+                extent = grid.max(0).values - lo + 2
+            else:
+                lo = grid.new_zeros(4)
+                extent = grid.new_ones(4)
+            lo[0], extent[0] = 0, max(int(extent[0]), 1)
+            mult = [int(extent[1] * extent[2] * extent[3]), int(extent[2] * extent[3]), int(extent[3]), 1]
+            if int(extent[0]) * mult[0] >= 2 ** 62:
+                raise ValueError("coordinate extent too large to hash; crop the cloud first")
+            self._grid = (grid, lo, mult)
+        return self._grid
+
+    def keys_of(self, grid: Tensor) -> Tensor:
+        """Packed key of grid coordinates (batch, x/s, y/s, z/s) in this set's packing."""
+        _, lo, mult = self._packing()
+        g = grid - lo
+        return g[:, 0] * mult[0] + g[:, 1] * mult[1] + g[:, 2] * mult[2] + g[:, 3]
+
+    def _lookup_table(self):
+        if self._sorted is None:
+            grid, _, _ = self._packing()
+            keys, order = torch.sort(self.keys_of(grid))
+            self._sorted = (keys, order)
+        return self._sorted
+
+    def find(self, query_keys: Tensor) -> Tensor:
+        """Row index of each packed key in this set, or -1 where absent."""
+        keys, order = self._lookup_table()
+        if len(keys) == 0:
+            return torch.full_like(query_keys, -1)
+        pos = torch.searchsorted(keys, query_keys).clamp_(max=len(keys) - 1)
+        return torch.where(keys[pos] == query_keys, order[pos], torch.full_like(pos, -1))
+
+    def offset_key(self, offset: tuple[int, int, int]) -> int:
+        """Key difference of a neighbour at `offset` (grid units, each in -1..1)."""
+        _, _, mult = self._packing()
+        return offset[0] * mult[1] + offset[1] * mult[2] + offset[2] * mult[3]
+
+    def batch_counts(self) -> Tensor:
+        if self._batch_counts is None:
+            self._batch_counts = torch.bincount(self.batch_index)
+        return self._batch_counts
+
+    # -- kernel maps ---------------------------------------------------------------------------
+    def submanifold_map(self, kernel_size: int) -> KernelMap:
+        """Stride-1 map of an odd kernel: output voxels are the input voxels (ME's default)."""
+        if kernel_size % 2 == 0:
+            raise NotImplementedError("even kernels at stride 1 change the coordinates; not supported")
+        cache_key = ("subm", kernel_size)
+        if cache_key not in self._kernel_maps:
+            offsets = kernel_offsets(kernel_size)
+            if kernel_size == 1:
+                rows = torch.arange(len(self), device=self.device)
+                self._kernel_maps[cache_key] = KernelMap([rows], [rows], len(self), identity=0)
+                return self._kernel_maps[cache_key]
+            if kernel_size > 3:
+                raise NotImplementedError("kernel sizes above 3 need a wider hash padding")
+            grid, _, _ = self._packing()
+            own_keys = self.keys_of(grid)
+            rows = torch.arange(len(self), device=self.device)
+            inputs: list = [None] * len(offsets)
+            outputs: list = [None] * len(offsets)
+            index = {o: k for k, o in enumerate(offsets)}
+            for k, off in enumerate(offsets):
+                if inputs[k] is not None:
+                    continue
+                if off == (0, 0, 0):
+                    inputs[k], outputs[k] = rows, rows
+                    continue
+                found = self.find(own_keys + self.offset_key(off))
+                hit = found >= 0
+                out_rows, in_rows = rows[hit], found[hit]
+                inputs[k], outputs[k] = in_rows, out_rows
+                # Submanifold maps are symmetric: o + d = i  <=>  i - d = o.
+                mirror = index[(-off[0], -off[1], -off[2])]
+                inputs[mirror], outputs[mirror] = out_rows, in_rows
+            self._kernel_maps[cache_key] = KernelMap(inputs, outputs, len(self),
+                                                     identity=index[(0, 0, 0)])
+        return self._kernel_maps[cache_key]
+
+    def downsample(self, factor: int = 2) -> tuple["CoordinateSet", Tensor, Tensor]:
+        """Coarser set at stride * factor: (coarse set, parent row per voxel, corner per voxel).
+
+        The corner is the index of the voxel's offset from its parent in `kernel_offsets(factor)`,
+        which is the kernel slice a k=factor, stride=factor convolution applies to it.
+        """
+        if factor not in self._coarser:
+            grid, _, _ = self._packing()
+            parent = grid.clone()
+            parent[:, 1:] = torch.div(grid[:, 1:], factor, rounding_mode="floor")
+            corner_xyz = grid[:, 1:] - parent[:, 1:] * factor
+            corner = corner_xyz[:, 0] + factor * (corner_xyz[:, 1] + factor * corner_xyz[:, 2])
+            unique_keys, inverse = torch.unique(pack(parent), sorted=True, return_inverse=True)
+            # Coordinates of the parents, read back from the first voxel of each.
+            first = torch.full((len(unique_keys),), len(self), device=self.device, dtype=torch.long)
+            first.scatter_reduce_(0, inverse, torch.arange(len(self), device=self.device), "amin")
+            coarse = parent[first]
+            coarse[:, 1:] *= self.stride * factor
+            child = CoordinateSet(coarse, self.stride * factor, finer=self)
+            self._coarser[factor] = (child, inverse, corner)
+        return self._coarser[factor]
+
+    def strided_map(self, kernel_size: int, factor: int) -> tuple["CoordinateSet", KernelMap]:
+        """Map of a kernel_size == stride == factor convolution onto the coarser set."""
+        if kernel_size != factor:
+            raise NotImplementedError("strided convolutions need kernel_size == stride")
+        cache_key = ("down", factor)
+        if cache_key not in self._kernel_maps:
+            child, inverse, corner = self.downsample(factor)
+            order = torch.argsort(corner, stable=True)
+            counts = torch.bincount(corner, minlength=factor ** 3).tolist()
+            in_rows = list(torch.split(order, counts))
+            out_rows = [inverse[rows] for rows in in_rows]
+            self._kernel_maps[cache_key] = (child, KernelMap(in_rows, out_rows, len(child)))
+        return self._kernel_maps[cache_key]

@@ -1,0 +1,41 @@
+"""ddpo_ros: an ament_python ROS 2 package that is also a plain pip package."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "ddpo_ros"
+
+# torch is pinned so that a CPU machine takes the local CPU wheel and never a CUDA build.
+CORE = ["torch==2.13.0", "numpy>=1.24", "safetensors>=0.4", "pyyaml>=6", "scipy>=1.10"]
+EXTRAS = {
+    "ros": [
+        "ros-jazzy-rclpy", "ros-jazzy-rmw-fastrtps-cpp", "ros-jazzy-sensor-msgs",
+        "ros-jazzy-std-msgs", "ros-jazzy-diagnostic-msgs", "ros-jazzy-geometry-msgs",
+        "rosbags>=0.11",
+    ],
+    "train": ["tensorboard>=2.14", "tqdm>=4.60", "open3d-cpu>=0.18", "matplotlib>=3.7"],
+    "dev": ["pytest>=8", "pytest-timeout>=2", "hypothesis>=6", "diffusers>=0.30"],
+}
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="Online LiDAR scene completion for ROS 2 with a Distillation-DPO diffusion student",
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
+    package_data={PACKAGE: ["weights/*.safetensors"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
+        (f"share/{PACKAGE}/config/model", glob("config/model/*.yaml")),
+        (f"share/{PACKAGE}/config/train", glob("config/train/*.yaml")),
+    ],
+    python_requires=">=3.10",
+    install_requires=CORE,
+    extras_require=EXTRAS,
+    zip_safe=True,
+    license="MIT",
+    tests_require=["pytest"],
+    entry_points={"console_scripts": ["ddpo = ddpo_ros.cli:main"]},
+)
