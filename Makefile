@@ -27,7 +27,7 @@ demo: $(STAMP)
 
 # Speed and memory of the sparse backends (adds MinkowskiEngine when $(ME_VENV) exists).
 bench: $(STAMP)
-	$(PY) -m ddpo_ros.bench --out bench/results.json $(if $(wildcard $(ME_VENV)/bin/python),--minkowski-python $(ME_VENV)/bin/python)
+	$(VENV)/bin/ddpo bench --out bench/results.json $(if $(wildcard $(ME_VENV)/bin/python),--minkowski-python $(ME_VENV)/bin/python)
 
 # Build MinkowskiEngine 0.5.4 CPU-only into $(ME_VENV) (~7 min on 2 cores). Never run in CI.
 minkowski:

@@ -88,6 +88,11 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
         return _convert(value, next(a for a in args if a is not type(None)), where)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads exponents without a dot (1e-5) as strings
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, float, str, bool) and (type(value) is not hint):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
     return value

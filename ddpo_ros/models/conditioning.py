@@ -53,7 +53,8 @@ def _brute_force(query: Tensor, cand: Tensor, best: Tensor, rows: Tensor) -> Non
             best[q_chunk] = (d2 * m + c_rows[None]).amin(1)
 
 
-def nearest_voxel(query: Tensor, cand: Tensor, lattice: int, max_ring: int = 2) -> Tensor:
+def nearest_voxel(query: Tensor, cand: Tensor, lattice: int, max_ring: int = 2,
+                  brute_force_below: int = _BRUTE_FORCE_PAIRS) -> Tensor:
     """Index into `cand` of the nearest candidate (squared Euclidean) for each row of `query`.
 
     query: (n, 4) long (batch, x, y, z); cand: (m, 4) long with x, y, z multiples of `lattice`.
@@ -64,7 +65,7 @@ def nearest_voxel(query: Tensor, cand: Tensor, lattice: int, max_ring: int = 2) 
     order = torch.argsort(pack(cand))  # lexicographic rank = tie-break order
     cand = cand[order]
     best = torch.full((n,), _UNSET, dtype=torch.long, device=query.device)
-    if n * m <= _BRUTE_FORCE_PAIRS:
+    if n * m <= brute_force_below:
         _brute_force(query, cand, best, torch.arange(n, device=query.device))
         return order[best % m]
 
