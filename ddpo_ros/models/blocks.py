@@ -24,7 +24,7 @@ class ConvBlock(nn.Module):
     def __init__(self, sp, c_in: int, c_out: int, kernel_size: int, stride: int, transpose: bool = False):
         super().__init__()
         conv = sp.ConvTranspose if transpose else sp.Conv
-        self.net = nn.Sequential(conv(c_in, c_out, kernel_size, stride), sp.BatchNorm(c_out), sp.ReLU())
+        self.net = nn.Sequential(conv(c_in, c_out, kernel_size, stride), sp.BatchNorm(c_out), sp.ReLU(inplace=True))
 
     def forward(self, x):
         return self.net(x)
@@ -35,11 +35,11 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, sp, c_in: int, c_out: int):
         super().__init__()
-        self.net = nn.Sequential(sp.Conv(c_in, c_out, 3, 1), sp.BatchNorm(c_out), sp.ReLU(),
+        self.net = nn.Sequential(sp.Conv(c_in, c_out, 3, 1), sp.BatchNorm(c_out), sp.ReLU(inplace=True),
                                  sp.Conv(c_out, c_out, 3, 1), sp.BatchNorm(c_out))
         self.downsample = (nn.Sequential() if c_in == c_out else
                            nn.Sequential(sp.Conv(c_in, c_out, 1, 1), sp.BatchNorm(c_out)))
-        self.relu = sp.ReLU()
+        self.relu = sp.ReLU(inplace=True)
 
     def forward(self, x):
         return self.relu(self.net(x) + self.downsample(x))
@@ -47,8 +47,8 @@ class ResidualBlock(nn.Module):
 
 def add_encoder(module: nn.Module, sp, cs: list[int], in_channels: int) -> None:
     """stem (stride 1) and stage1..4 (strides 2, 4, 8, 16): stage k maps cs[k-1] -> cs[k]."""
-    module.stem = nn.Sequential(sp.Conv(in_channels, cs[0], 3, 1), sp.BatchNorm(cs[0]), sp.ReLU(),
-                                sp.Conv(cs[0], cs[0], 3, 1), sp.BatchNorm(cs[0]), sp.ReLU())
+    module.stem = nn.Sequential(sp.Conv(in_channels, cs[0], 3, 1), sp.BatchNorm(cs[0]), sp.ReLU(inplace=True),
+                                sp.Conv(cs[0], cs[0], 3, 1), sp.BatchNorm(cs[0]), sp.ReLU(inplace=True))
     for k in range(1, 5):
         setattr(module, f"stage{k}", nn.Sequential(
             ConvBlock(sp, cs[k - 1], cs[k - 1], kernel_size=2, stride=2),

@@ -45,7 +45,7 @@ def pack(grid: Tensor) -> Tensor:
 class KernelMap:
     """Per kernel slice k: rows `inputs[k]` of the input feed rows `outputs[k]` of the output."""
 
-    __slots__ = ("inputs", "outputs", "n_out", "identity")
+    __slots__ = ("inputs", "outputs", "n_out", "identity", "_groups", "_transposed")
 
     def __init__(self, inputs: list[Tensor], outputs: list[Tensor], n_out: int,
                  identity: int | None = None):
@@ -53,9 +53,41 @@ class KernelMap:
         self.outputs = outputs
         self.n_out = n_out
         self.identity = identity  # slice whose map is the identity (centre of a submanifold conv)
+        self._groups: dict = {}
+        self._transposed: dict = {}
 
     def transposed(self, n_out: int) -> "KernelMap":
-        return KernelMap(self.outputs, self.inputs, n_out, self.identity)
+        if n_out not in self._transposed:
+            self._transposed[n_out] = KernelMap(self.outputs, self.inputs, n_out, self.identity)
+        return self._transposed[n_out]
+
+    def chunks(self, max_rows: int) -> list[tuple[Tensor, Tensor, list[tuple[int, int, int]]]]:
+        """Non-identity pairs cut into chunks of at most `max_rows` pairs, kept in slice order.
+
+        Each chunk is (input rows, output rows, [(slice k, start, count)]): one gather, a few
+        matmuls and one scatter. Small slices (noisy clouds have ~0.6 neighbours per voxel)
+        share a chunk; big ones (clean surfaces, coarse strides) are split, so the gathered
+        block stays cache-sized and fits a reusable workspace.
+        """
+        if max_rows not in self._groups:
+            chunks, rows_in, rows_out, slices, filled = [], [], [], [], 0
+            for k, (ins, outs) in enumerate(zip(self.inputs, self.outputs)):
+                if k == self.identity:
+                    continue
+                start = 0
+                while start < ins.numel():
+                    take = min(ins.numel() - start, max_rows - filled)
+                    rows_in.append(ins[start:start + take])
+                    rows_out.append(outs[start:start + take])
+                    slices.append((k, filled, take))
+                    start, filled = start + take, filled + take
+                    if filled == max_rows:
+                        chunks.append((torch.cat(rows_in), torch.cat(rows_out), slices))
+                        rows_in, rows_out, slices, filled = [], [], [], 0
+            if slices:
+                chunks.append((torch.cat(rows_in), torch.cat(rows_out), slices))
+            self._groups[max_rows] = chunks
+        return self._groups[max_rows]
 
 
 class CoordinateSet:
