@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the best end-to-end job on the bundled real KITTI frames")
     p.add_argument("--data", default=None, help="shared data folder (default: $DDPO_DATA or ../shared/data)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--weights", default=None, help="ddpo_ros .safetensors weights (from `ddpo convert`)")
     p.set_defaults(func=_demo)
     return parser
 
