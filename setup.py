@@ -14,7 +14,9 @@ EXTRAS = {
         "rosbags>=0.11",
     ],
     "train": ["tensorboard>=2.14", "tqdm>=4.60", "open3d-cpu>=0.18", "matplotlib>=3.7"],
-    "dev": ["pytest>=8", "pytest-timeout>=2", "hypothesis>=6", "diffusers>=0.30"],
+    "dev": ["pytest>=8", "pytest-timeout>=2", "hypothesis>=6", "diffusers>=0.30",
+            # a real colcon build of the package in the tests
+            "colcon-core", "colcon-ros", "colcon-python-setup-py", "ros-jazzy-ament-package"],
 }
 
 setup(
