@@ -33,25 +33,18 @@ def test_unknown_key_names_file_and_field(tmp_path):
         load_config(p)
 
 
-def test_wrong_types_and_values_are_named(tmp_path):
+@pytest.mark.parametrize("text, message", [
+    ("model:\n  refine_up_factor: six\n", "model.refine_up_factor: expected int, got str 'six'"),
+    ("model:\n  backend: spconv\n", r"model.backend: 'spconv' is not one of \['torch', 'minkowski'\]"),
+    ("model:\n  width: -1\n", "model.width: must be > 0"),
+    ("model:\n  channels: [1, 2]\n", "model.channels: needs 9 entries"),
+    ("model: [1, 2]\n", "model: expected a mapping"),
+    ("model: {width: [\n", "bad.yaml: not valid YAML"),
+])
+def test_wrong_types_and_values_are_named(tmp_path, text, message):
     p = tmp_path / "bad.yaml"
-    p.write_text("model:\n  refine_up_factor: six\n")
-    with pytest.raises(ConfigError, match="model.refine_up_factor: expected int, got str 'six'"):
-        load_config(p)
-    p.write_text("model:\n  backend: spconv\n")
-    with pytest.raises(ConfigError, match=r"model.backend: 'spconv' is not one of \['torch', 'minkowski'\]"):
-        load_config(p)
-    p.write_text("model:\n  width: -1\n")
-    with pytest.raises(ConfigError, match="model.width: must be > 0"):
-        load_config(p)
-    p.write_text("model:\n  channels: [1, 2]\n")
-    with pytest.raises(ConfigError, match="model.channels: needs 9 entries"):
-        load_config(p)
-    p.write_text("model: [1, 2]\n")
-    with pytest.raises(ConfigError, match="model: expected a mapping"):
-        load_config(p)
-    p.write_text("model: {width: [\n")
-    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=message):
         load_config(p)
 
 

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..sparse.coords import kernel_offsets, pack
+from ..sparse.coords import kernel_offsets, pack, unique_keys
 
 _BRUTE_FORCE_PAIRS = 1 << 22  # below n * m pairs, the direct search is cheaper than rings
 _CHUNK_PAIRS = 1 << 22        # pairs per brute-force chunk (int64: 32 MiB per chunk)
@@ -71,10 +71,9 @@ def nearest_voxel(query: Tensor, cand: Tensor, lattice: int, max_ring: int = 2,
 
     half = lattice // 2
     base = torch.cat([query[:, :1], torch.div(query[:, 1:] + half, lattice, rounding_mode="floor")], 1)
-    cell_keys, inverse = torch.unique(pack(base), return_inverse=True)
+    cell_keys, inverse, first = unique_keys(pack(base))
     counts = torch.bincount(inverse, minlength=len(cell_keys))
-    first = torch.full((len(cell_keys),), n, dtype=torch.long, device=query.device)
-    cells = base[first.scatter_reduce_(0, inverse, torch.arange(n, device=query.device), "amin")]
+    cells = base[first]
     by_cell = torch.argsort(inverse, stable=True)
     starts = torch.cumsum(counts, 0) - counts
     cand_cells = torch.cat([cand[:, :1], torch.div(cand[:, 1:], lattice, rounding_mode="floor")], 1)

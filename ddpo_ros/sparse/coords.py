@@ -42,10 +42,18 @@ def pack(grid: Tensor) -> Tensor:
     return ((g[:, 0] * extent[1] + g[:, 1]) * extent[2] + g[:, 2]) * extent[3] + g[:, 3]
 
 
+def unique_keys(keys: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Sorted unique keys, the index of each key's unique entry, and the first row holding each."""
+    unique, inverse = torch.unique(keys, sorted=True, return_inverse=True)
+    first = torch.full((len(unique),), len(keys), dtype=torch.long, device=keys.device)
+    first.scatter_reduce_(0, inverse, torch.arange(len(keys), device=keys.device), "amin")
+    return unique, inverse, first
+
+
 class KernelMap:
     """Per kernel slice k: rows `inputs[k]` of the input feed rows `outputs[k]` of the output."""
 
-    __slots__ = ("inputs", "outputs", "n_out", "identity", "_groups", "_transposed")
+    __slots__ = ("inputs", "outputs", "n_out", "identity", "_chunks", "_transposed")
 
     def __init__(self, inputs: list[Tensor], outputs: list[Tensor], n_out: int,
                  identity: int | None = None):
@@ -53,7 +61,7 @@ class KernelMap:
         self.outputs = outputs
         self.n_out = n_out
         self.identity = identity  # slice whose map is the identity (centre of a submanifold conv)
-        self._groups: dict = {}
+        self._chunks: dict = {}
         self._transposed: dict = {}
 
     def transposed(self, n_out: int) -> "KernelMap":
@@ -69,7 +77,7 @@ class KernelMap:
         share a chunk; big ones (clean surfaces, coarse strides) are split, so the gathered
         block stays cache-sized and fits a reusable workspace.
         """
-        if max_rows not in self._groups:
+        if max_rows not in self._chunks:
             chunks, rows_in, rows_out, slices, filled = [], [], [], [], 0
             for k, (ins, outs) in enumerate(zip(self.inputs, self.outputs)):
                 if k == self.identity:
@@ -86,8 +94,8 @@ class KernelMap:
                         rows_in, rows_out, slices, filled = [], [], [], 0
             if slices:
                 chunks.append((torch.cat(rows_in), torch.cat(rows_out), slices))
-            self._groups[max_rows] = chunks
-        return self._groups[max_rows]
+            self._chunks[max_rows] = chunks
+        return self._chunks[max_rows]
 
 
 class CoordinateSet:
@@ -103,7 +111,6 @@ class CoordinateSet:
         self._sorted = None
         self._kernel_maps: dict = {}
         self._coarser: dict = {}
-        self._batch_counts = None
 
     def __len__(self) -> int:
         return self.coords.shape[0]
@@ -111,10 +118,6 @@ class CoordinateSet:
     @property
     def device(self) -> torch.device:
         return self.coords.device
-
-    @property
-    def batch_index(self) -> Tensor:
-        return self.coords[:, 0]
 
     # -- packed keys ---------------------------------------------------------------------------
     def _packing(self):
@@ -165,11 +168,6 @@ class CoordinateSet:
         _, _, mult = self._packing()
         return offset[0] * mult[1] + offset[1] * mult[2] + offset[2] * mult[3]
 
-    def batch_counts(self) -> Tensor:
-        if self._batch_counts is None:
-            self._batch_counts = torch.bincount(self.batch_index)
-        return self._batch_counts
-
     # -- kernel maps ---------------------------------------------------------------------------
     def submanifold_map(self, kernel_size: int) -> KernelMap:
         """Stride-1 map of an odd kernel: output voxels are the input voxels (ME's default)."""
@@ -219,11 +217,8 @@ class CoordinateSet:
             parent[:, 1:] = torch.div(grid[:, 1:], factor, rounding_mode="floor")
             corner_xyz = grid[:, 1:] - parent[:, 1:] * factor
             corner = corner_xyz[:, 0] + factor * (corner_xyz[:, 1] + factor * corner_xyz[:, 2])
-            unique_keys, inverse = torch.unique(pack(parent), sorted=True, return_inverse=True)
-            # Coordinates of the parents, read back from the first voxel of each.
-            first = torch.full((len(unique_keys),), len(self), device=self.device, dtype=torch.long)
-            first.scatter_reduce_(0, inverse, torch.arange(len(self), device=self.device), "amin")
-            coarse = parent[first]
+            _, inverse, first = unique_keys(pack(parent))
+            coarse = parent[first]  # coordinates of the parents, read from the first voxel of each
             coarse[:, 1:] *= self.stride * factor
             child = CoordinateSet(coarse, self.stride * factor, finer=self)
             self._coarser[factor] = (child, inverse, corner)

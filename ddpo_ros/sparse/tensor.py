@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .coords import CoordinateSet, pack
+from .coords import CoordinateSet, pack, unique_keys
 
 
 class SparseTensor:
@@ -78,11 +78,8 @@ class TensorField:
             raise ValueError(f"features {tuple(features.shape)} and coordinates {tuple(coords.shape)} "
                              "must be (n, C) and (n, 4)")
         coords = coords.long()
-        keys = pack(coords)
-        unique_keys, inverse = torch.unique(keys, sorted=True, return_inverse=True)
-        n_vox = len(unique_keys)
-        first = torch.full((n_vox,), len(keys), dtype=torch.long, device=keys.device)
-        first.scatter_reduce_(0, inverse, torch.arange(len(keys), device=keys.device), "amin")
+        voxels, inverse, first = unique_keys(pack(coords))
+        n_vox = len(voxels)
         self.features = features
         self.inverse = inverse
         self.coordinates = CoordinateSet(coords[first], stride=1)
