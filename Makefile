@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 ME_VENV ?= .venv-minkowski
 export DDPO_DATA ?= $(abspath ../shared/data)
 
-.PHONY: venv test demo bench golden minkowski clean
+.PHONY: venv test test-minkowski demo bench golden minkowski clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ bench: $(STAMP)
 # Build MinkowskiEngine 0.5.4 CPU-only into $(ME_VENV) (~7 min on 2 cores). Never run in CI.
 minkowski:
 	bash tools/build_minkowski.sh $(ME_VENV)
+
+# The parity tests again, live against MinkowskiEngine (needs `make minkowski`).
+test-minkowski: minkowski
+	PYTHONPATH=$(CURDIR) $(ME_VENV)/bin/python -m pytest -q -p no:cacheprovider test/test_sparse_parity.py test/test_sparse.py
 
 # Regenerate the golden parity fixtures from a real MinkowskiEngine build.
 golden: minkowski

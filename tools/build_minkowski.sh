@@ -15,7 +15,7 @@ if [ ! -f "$BLAS_INC/cblas.h" ]; then
   echo "OpenBLAS headers missing: apt-get install -y libopenblas-dev" >&2; exit 1
 fi
 python3 -m venv "$VENV"
-"$VENV/bin/pip" install --quiet torch==2.13.0 numpy ninja wheel pyyaml safetensors scipy
+"$VENV/bin/pip" install --quiet torch==2.13.0 numpy ninja wheel pyyaml safetensors scipy pytest hypothesis
 if "$VENV/bin/python" -c "import MinkowskiEngine" 2>/dev/null; then
   echo "MinkowskiEngine already installed in $VENV"; exit 0
 fi
