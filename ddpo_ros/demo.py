@@ -75,6 +75,7 @@ def demo_cli(args) -> int:
                 eps = out
             else:
                 offsets = out
+    print("one cold call each (no warm-up; `ddpo bench` has warmed medians):")
     print(f"encoder : 18,000 points -> {cond.F.shape[0]:,} voxels at 0.8 m   {timings['encoder']:.2f} s")
     print(f"denoiser: 180,000 points -> eps {tuple(eps.shape)}, |eps| mean {eps.abs().mean():.3f}   "
           f"{timings['denoiser']:.2f} s")
