@@ -46,9 +46,10 @@ CASE_KEYS, WORKER_TIMEOUT_S = ("op", "n_points", "sigma", "backend", "device", "
 
 def diffusion_step(sigma: float) -> int:
     """Step t of LiDiff's linear schedule whose noise std sqrt(1 - abar_t) is closest to sigma."""
-    from .config import DiffusionConfig as cfg  # its defaults are LiDiff's schedule
-    betas = torch.linspace(cfg.beta_start, cfg.beta_end, cfg.num_train_timesteps, dtype=torch.float64)
-    return int(((1 - torch.cumprod(1 - betas, 0)).sqrt() - sigma).abs().argmin())
+    from .config import DiffusionConfig
+    from .diffusion import schedule_from_config
+    schedule = schedule_from_config(DiffusionConfig())  # its defaults are LiDiff's schedule
+    return int((schedule.sigma(slice(None)) - sigma).abs().argmin())
 
 
 def make_inputs(frame: Path, n_points: int, sigma: float) -> dict:

@@ -47,6 +47,18 @@ def test_models_and_sparse_do_not_import_upwards():
                 assert f"from ..{upper}" not in src and f"ddpo_ros.{upper}" not in src, (p, upper)
 
 
+def test_one_place_builds_the_noise_schedule():
+    users = [p.relative_to(REPO).as_posix() for p in sources() if "cumprod(" in p.read_text()]
+    assert users == ["ddpo_ros/diffusion/schedule.py"]
+
+
+def test_diffusion_knows_no_networks():
+    for p in (PACKAGE / "diffusion").rglob("*.py"):
+        assert not {n for n in imports(p) if "sparse" in n or "models" in n or n.startswith("torch.nn")}, p
+        src = p.read_text()
+        assert "from ..models" not in src and "from ..sparse" not in src, p
+
+
 def test_no_global_seeding_in_library_code():
     for p in sources():
         if p.name in {"demo.py", "bench.py", "cli.py"}:  # entry points may seed

@@ -1,0 +1,79 @@
+"""The noise schedule: the only place that builds betas and alpha-bar.
+
+LiDiff adds *local* point noise without scaling the signal (LiDiff Eq. 1, DDPO Eq. 1):
+
+    x_t = x_0 + sqrt(1 - abar_t) * eps,      abar_t = prod_{s <= t} (1 - beta_s)
+
+with linear betas 3.5e-5 .. 0.007 over T = 1000 steps. At inference the sampler treats the
+offset from the replicated scan as a VP diffusion state (alpha_t = sqrt(abar_t),
+sigma_t = sqrt(1 - abar_t)), exactly as the reference does through diffusers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Immutable float64 schedule tensors on the CPU; index them with integer steps 0..T-1."""
+
+    betas: Tensor
+    alphas_cumprod: Tensor
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self.betas)
+
+    def alpha(self, t) -> Tensor:
+        """sqrt(abar_t): the VP signal scale the sampler uses."""
+        return self.alphas_cumprod[t].sqrt()
+
+    def sigma(self, t) -> Tensor:
+        """sqrt(1 - abar_t): the std of the local point noise at step t."""
+        return (1.0 - self.alphas_cumprod[t]).sqrt()
+
+
+def make_schedule(num_train_timesteps: int = 1000, beta_start: float = 3.5e-5, beta_end: float = 0.007,
+                  beta_schedule: str = "linear") -> Schedule:
+    """Linear betas (DDPM Sec. 4; LiDiff config.yaml: 3.5e-5 .. 0.007, T = 1000)."""
+    if beta_schedule != "linear":
+        raise ValueError(f"beta_schedule {beta_schedule!r} is not supported (only 'linear')")
+    if num_train_timesteps < 1 or not 0 < beta_start < beta_end < 1:
+        raise ValueError("need num_train_timesteps >= 1 and 0 < beta_start < beta_end < 1")
+    betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
+    return Schedule(betas=betas, alphas_cumprod=torch.cumprod(1.0 - betas, dim=0))
+
+
+def schedule_from_config(cfg) -> Schedule:
+    """Schedule of a `DiffusionConfig` (the config section `diffusion`)."""
+    return make_schedule(cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end, cfg.beta_schedule)
+
+
+def inference_timesteps(schedule: Schedule, num_steps: int) -> Tensor:
+    """`num_steps` steps, linspace(0, T-1, n+1) rounded, reversed, last dropped (diffusers "linspace").
+
+    8 steps: 999 874 749 624 500 375 250 125. The step after the last one is t = 0. For n = T the
+    rounding would repeat a step (diffusers does), so every step T-1 .. 0 is taken instead.
+    """
+    t_max = schedule.num_train_timesteps
+    if not 1 <= num_steps <= t_max:
+        raise ValueError(f"num_steps must be in 1..{t_max}, got {num_steps}")
+    if num_steps == t_max:
+        return torch.arange(t_max - 1, -1, -1)
+    steps = np.linspace(0, t_max - 1, num_steps + 1).round()[::-1][:-1].astype(np.int64)
+    return torch.from_numpy(steps.copy())
+
+
+def add_local_noise(schedule: Schedule, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+    """x_t = x_0 + sqrt(1 - abar_t) * eps for a batch (B, N, 3) with steps t (B,)  (Eq. 1)."""
+    sigma = schedule.sigma(t.cpu()).to(device=x0.device, dtype=x0.dtype)
+    return x0 + sigma.reshape(-1, *([1] * (x0.ndim - 1))) * noise
+
+
+def initial_state(x_init: Tensor, noise: Tensor, scale: float = 1.0) -> Tensor:
+    """x_T = x_init + lambda * eps: the replicated scan plus unit noise (DDPO Eq. 19 scales it by lambda)."""
+    return x_init + scale * noise

@@ -1,0 +1,172 @@
+"""Schedule and samplers: equal to diffusers for the same noise, exact on an oracle, pure."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ddpo_ros.config import DiffusionConfig
+from ddpo_ros.diffusion import (add_local_noise, guide, guided, inference_timesteps, initial_state,
+                                make_schedule, sample_ddpm, sample_dpmpp, schedule_from_config,
+                                unconditional_cloud)
+
+diffusers = pytest.importorskip("diffusers")
+SCHED = make_schedule()
+REF = dict(num_train_timesteps=1000, beta_start=3.5e-5, beta_end=0.007, beta_schedule="linear")
+
+
+def toy_eps(x: torch.Tensor, t) -> torch.Tensor:
+    """A non-linear, time-dependent stand-in for the network (same numbers for int or tensor t)."""
+    t = float(t)
+    return 0.6 * torch.tanh(x) + 1e-3 * t * x.mean() + 0.1 * math.sin(t / 50.0)
+
+
+def assert_equal_up_to_float32(ours, expected):
+    """diffusers keeps its sigmas in float32, we keep the schedule in float64: rounding only."""
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5 * max(1.0, scale))
+
+
+def x_T(seed=0, shape=(2, 500, 3)):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def run_diffusers(scheduler, n, x, seed, timesteps=None):
+    if timesteps is None:
+        scheduler.set_timesteps(n)
+    else:
+        scheduler.set_timesteps(timesteps=timesteps)
+    gen = torch.Generator().manual_seed(seed)
+    for t in scheduler.timesteps:
+        x = scheduler.step(toy_eps(x, t), t, x, generator=gen).prev_sample
+    return x, scheduler.timesteps
+
+
+def test_schedule_matches_the_reference_numbers():
+    assert float(SCHED.alphas_cumprod[0]) == pytest.approx(0.999965, abs=1e-7)
+    assert float(SCHED.sigma(0)) == pytest.approx(0.00592, abs=1e-5)
+    assert float(SCHED.alphas_cumprod[999]) == pytest.approx(0.02943, abs=1e-5)
+    for t, s in ((100, 0.195), (250, 0.451), (500, 0.768), (750, 0.929)):
+        assert float(SCHED.sigma(t)) == pytest.approx(s, abs=5e-4)
+    assert torch.equal(schedule_from_config(DiffusionConfig()).betas, SCHED.betas)
+    with pytest.raises(ValueError, match="cosine"):
+        make_schedule(beta_schedule="cosine")
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 50, 999])
+def test_timesteps_equal_diffusers(n):
+    ref = diffusers.DPMSolverMultistepScheduler(**REF)
+    ref.set_timesteps(n)
+    assert inference_timesteps(SCHED, n).tolist() == ref.timesteps.tolist()
+    assert inference_timesteps(SCHED, 1000).tolist() == list(range(999, -1, -1))  # no repeated step
+    if n == 8:
+        assert inference_timesteps(SCHED, 8).tolist() == [999, 874, 749, 624, 500, 375, 250, 125]
+    with pytest.raises(ValueError):
+        inference_timesteps(SCHED, 0)
+
+
+@pytest.mark.parametrize("final", ["sigma_min", "zero"])
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("sde", [True, False], ids=["sde-dpmsolver++", "dpmsolver++"])
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 50])
+def test_dpmpp_equals_diffusers_for_the_same_noise(n, sde, order, final):
+    ref = diffusers.DPMSolverMultistepScheduler(
+        **REF, algorithm_type="sde-dpmsolver++" if sde else "dpmsolver++", solver_order=order,
+        final_sigmas_type=final)
+    x = x_T()
+    expected, _ = run_diffusers(ref, n, x.clone(), seed=123)
+    ours = sample_dpmpp(toy_eps, x.clone(), inference_timesteps(SCHED, n), SCHED, sde=sde, order=order,
+                        final=final, generator=torch.Generator().manual_seed(123))
+    assert_equal_up_to_float32(ours, expected)
+
+
+@pytest.mark.parametrize("n", [1, 2, 8, 50])
+def test_ddpm_equals_diffusers_on_respaced_steps(n):
+    ref = diffusers.DDPMScheduler(**REF, clip_sample=False, variance_type="fixed_small")
+    steps = inference_timesteps(SCHED, n)
+    expected, _ = run_diffusers(ref, n, x_T(1), seed=7, timesteps=steps.tolist())
+    ours = sample_ddpm(toy_eps, x_T(1), steps, SCHED, generator=torch.Generator().manual_seed(7))
+    assert_equal_up_to_float32(ours, expected)
+
+
+def test_ddpm_draws_no_noise_at_t0():
+    """Steps [2, 1, 0] draw noise twice; at t = 0 the posterior is the clean estimate."""
+    gen, probe = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    sample_ddpm(toy_eps, x_T(), torch.tensor([2, 1, 0]), SCHED, generator=gen)
+    for _ in range(2):
+        torch.randn(x_T().shape, generator=probe)
+    assert torch.equal(gen.get_state(), probe.get_state())
+
+
+def oracle(x0):
+    """The perfect denoiser for a single clean sample x0 (VP view of the state)."""
+    def eps(x, t):
+        return (x - SCHED.alpha(t).item() * x0) / SCHED.sigma(t).item()
+    return eps
+
+
+@pytest.mark.parametrize("sampler", ["sde", "ode", "ddpm"])
+@pytest.mark.parametrize("n", [1, 8])
+def test_oracle_denoiser_recovers_the_sample(sampler, n):
+    x0 = x_T(5) * 3.0
+    gen = torch.Generator().manual_seed(0)
+    steps = inference_timesteps(SCHED, n)
+    start = SCHED.alpha(steps[0]).item() * x0 + SCHED.sigma(steps[0]).item() * x_T(6)
+    if sampler == "ddpm":
+        out = sample_ddpm(oracle(x0), start, steps, SCHED, generator=gen)
+    else:
+        out = sample_dpmpp(oracle(x0), start, steps, SCHED, sde=sampler == "sde", final="zero", generator=gen)
+    torch.testing.assert_close(out, x0, rtol=1e-4, atol=1e-4)
+    if sampler != "ddpm":  # the reference end point keeps sigma_0 = 0.0059 of noise
+        end = sample_dpmpp(oracle(x0), start, steps, SCHED, sde=sampler == "sde", generator=gen)
+        residual = end - SCHED.alpha(0).item() * x0
+        assert 0 < residual.std() < 0.01
+
+
+def test_samplers_are_pure_and_seeded_by_the_caller():
+    steps = inference_timesteps(SCHED, 8)
+    a = sample_dpmpp(toy_eps, x_T(), steps, SCHED, generator=torch.Generator().manual_seed(1))
+    b = sample_dpmpp(toy_eps, x_T(), steps, SCHED, generator=torch.Generator().manual_seed(1))
+    c = sample_dpmpp(toy_eps, x_T(), steps, SCHED, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    gen = torch.Generator().manual_seed(3)
+    state = gen.get_state()
+    sample_dpmpp(toy_eps, x_T(), steps, SCHED, sde=False, generator=gen)
+    assert torch.equal(gen.get_state(), state)  # the ODE solver draws nothing
+    seen = []
+    sample_dpmpp(toy_eps, x_T(), steps, SCHED, callback=lambda i, t, x, x0: seen.append((i, t)))
+    assert seen == list(enumerate(steps.tolist()))
+    with pytest.raises(ValueError, match="order"):
+        sample_dpmpp(toy_eps, x_T(), steps, SCHED, order=3)
+
+
+def test_local_noise_and_initial_state():
+    x0, noise = x_T(0), x_T(1)
+    t = torch.tensor([0, 999])
+    xt = add_local_noise(SCHED, x0, t, noise)
+    torch.testing.assert_close(xt[1], x0[1] + SCHED.sigma(999).item() * noise[1])  # no signal scaling
+    torch.testing.assert_close(xt[0], x0[0] + 0.0059161 * noise[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(initial_state(x0, noise, 1.1), x0 + 1.1 * noise)  # DDPO Eq. 19
+
+
+def test_classifier_free_guidance():
+    c, u = torch.full((2, 3), 2.0), torch.full((2, 3), 1.0)
+    assert torch.equal(guide(c, u, 3.5), torch.full((2, 3), 4.5))
+    assert torch.equal(guide(c, u, 0.0), u) and torch.equal(guide(c, u, 1.0), c)
+    calls = []
+
+    def cond(x, t):
+        calls.append("c")
+        return x + 1
+
+    def uncond(x, t):
+        calls.append("u")
+        return x
+    x = torch.zeros(3)
+    assert torch.equal(guided(cond, uncond, 6.0)(x, 10), torch.full((3,), 6.0)) and calls == ["c", "u"]
+    calls.clear()
+    guided(cond, uncond, 1.0)(x, 10)
+    assert calls == ["c"]
+    part = torch.randn(1, 18, 3)
+    assert torch.equal(unconditional_cloud(part), torch.zeros(1, 18, 3))
