@@ -35,8 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .clouds import KITTI_FRAME, crop_range, find_kitti_frame, read_kitti_bin
+
 REPO = Path(__file__).resolve().parents[1]
-FRAME = "semantickitti_seq00_mini/sequences/00/velodyne/000000.bin"
 EARLY_SIGMA, MID_SIGMA, LATE_SIGMA, VOXEL, CHANNELS, REPLICAS = 0.9852, 0.45, 0.05, 0.05, 32, 10
 OPS = ("conv", "conv+map", "denoiser")
 MEMORY = {"cpu": "process peak RSS growth, VmHWM after - VmRSS before (VmHWM reset)",
@@ -54,8 +55,7 @@ def diffusion_step(sigma: float) -> int:
 
 def make_inputs(frame: Path, n_points: int, sigma: float) -> dict:
     """Partial scan (1, N/10, 3), x_t (1, N, 3) and the voxelised x_t with 32-channel features."""
-    xyz = np.fromfile(frame, np.float32).reshape(-1, 4)[:, :3]
-    xyz = xyz[(np.linalg.norm(xyz, axis=1) > 3.5) & (np.linalg.norm(xyz, axis=1) < 50)]
+    xyz = crop_range(read_kitti_bin(frame)[:, :3])
     m = n_points // REPLICAS
     part = xyz[np.random.default_rng(0).choice(len(xyz), m, replace=False)]
     noise = np.random.default_rng(1).normal(0.0, sigma, (m * REPLICAS, 3)).astype(np.float32)
@@ -193,9 +193,10 @@ def markdown(doc: dict) -> str:
 
 def bench_cli(args) -> int:
     points = [int(p) for p in str(args.points).split(",") if p.strip()]
-    frame = Path(os.environ.get("DDPO_DATA", REPO.parent / "shared" / "data")) / FRAME
-    if not frame.exists():
-        sys.exit(f"bench: real KITTI frame missing: {frame} (set DDPO_DATA)")
+    try:
+        frame = find_kitti_frame()
+    except FileNotFoundError as err:
+        sys.exit(f"bench: {err}")
     threads, width = getattr(args, "threads", 2), getattr(args, "width", 1.0)
     cases = [(op, n, MID_SIGMA) for n in points for op in OPS]
     cases += [(op, max(points), LATE_SIGMA) for op in ("conv", "denoiser")]
@@ -221,7 +222,7 @@ def bench_cli(args) -> int:
         results += by.values()
     doc = {"machine": machine_facts(args.device, threads, results), "results": results,
            "wall_s": round(time.perf_counter() - start, 1),
-           "settings": {"frame": FRAME, "crop_m": [3.5, 50], "voxel_m": VOXEL, "replicas": REPLICAS,
+           "settings": {"frame": str(KITTI_FRAME), "crop_m": [3.5, 50], "voxel_m": VOXEL, "replicas": REPLICAS,
                         "conv_channels": CHANNELS, "width": width, "points": points, "repeats": args.repeats,
                         "warmup": 1, "memory": MEMORY[torch.device(args.device).type],
                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")}}

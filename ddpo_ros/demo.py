@@ -9,34 +9,21 @@ otherwise the networks are randomly initialised and only the compute cost is mea
 """
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import numpy as np
-
-FRAME = Path("semantickitti_seq00_mini/sequences/00/velodyne/000000.bin")
-
-
-def find_data(explicit: str | None) -> Path:
-    candidates = [explicit, os.environ.get("DDPO_DATA"), Path(__file__).resolve().parents[2] / "shared" / "data"]
-    for c in candidates:
-        if c and (Path(c) / FRAME).exists():
-            return Path(c)
-    raise FileNotFoundError(f"no KITTI frame {FRAME} under --data, $DDPO_DATA or ../shared/data")
 
 
 def demo_cli(args) -> int:
     import torch
 
+    from .clouds import crop_range, find_kitti_frame, read_kitti_bin
     from .config import ModelConfig
     from .models import build_denoiser, build_encoder, build_refiner
 
     torch.manual_seed(0)
-    data = find_data(args.data)
-    scan = np.fromfile(data / FRAME, np.float32).reshape(-1, 4)[:, :3]
-    r = np.linalg.norm(scan, axis=1)
-    kept = scan[(r > 3.5) & (r < 50.0)]
+    scan = read_kitti_bin(find_kitti_frame(args.data))[:, :3]
+    kept = crop_range(scan)
     rng = np.random.default_rng(0)
     partial = kept[rng.choice(len(kept), 18000, replace=False)]
     print(f"KITTI seq 00 frame 0: {len(scan):,} points, {len(kept):,} within 3.5-50 m, 18,000 kept")

@@ -9,7 +9,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ddpo_ros.models import conditioning
 from ddpo_ros.models.conditioning import nearest_voxel, timestep_embedding
 
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..config import LIDIFF_CHANNELS  # noqa: F401  (re-exported default)
-
 
 def scale_channels(channels, width: float) -> list[int]:
     """LiDiff's width multiplier `cr`: int(cr * c) for every entry."""

@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..config import LIDIFF_CHANNELS
 from ..sparse import get_backend
-from .blocks import LIDIFF_CHANNELS, add_decoder, add_encoder, init_batch_norms, point_head, scale_channels
+from .blocks import add_decoder, add_encoder, init_batch_norms, point_head, scale_channels
 from .conditioning import ConditionMatcher, timestep_embedding
 
 ENCODER_STRIDE = 16  # tensor stride of the encoder output: 16 voxels = 0.8 m at 5 cm
