@@ -57,10 +57,44 @@ class DiffusionConfig:
                "need 0 < beta_start < beta_end < 1")
 
 
+SAMPLER_NAMES = ("sde-dpmsolver++", "dpmsolver++", "ddpm")
+
+
+@dataclass(frozen=True)
+class CompletionConfig:
+    """Inference pipeline (LiDiff's diff_completion_pipeline.py; DDPO Sec. 5 evaluation settings).
+
+    `None` means "what the chosen denoiser was made for": 8 steps and guidance 3.5 for a
+    Distillation-DPO student, 50 steps and guidance 6 for a LiDiff teacher.
+    """
+
+    denoiser: Literal["auto", "student", "teacher"] = "auto"  # auto: the student if the weights have one
+    steps: int | None = None
+    guidance_scale: float | None = None   # classifier-free guidance w; 1 = conditional only
+    num_points: int = 18000               # scan points kept by farthest-point sampling
+    replication: int = 10                 # x_init = the kept points repeated this many times
+    min_range: float = 3.5                # metres; the scan crop before sampling
+    max_range: float = 50.0               # metres; also the crop of the completed scene
+    refine: bool = True                   # run the x refine_up_factor refinement net
+    sampler: Literal["sde-dpmsolver++", "dpmsolver++", "ddpm"] = "sde-dpmsolver++"
+    final_sigma: Literal["sigma_min", "zero"] = "sigma_min"  # sigma_min: end at t = 0 as the reference
+    seed: int | None = None               # None: fresh noise every scene
+
+    def __post_init__(self):
+        _check(self.steps is None or self.steps >= 1, "completion.steps", "must be >= 1")
+        _check(self.guidance_scale is None or self.guidance_scale >= 0, "completion.guidance_scale",
+               "must be >= 0")
+        _check(self.num_points >= 1, "completion.num_points", "must be >= 1")
+        _check(self.replication >= 1, "completion.replication", "must be >= 1")
+        _check(0 <= self.min_range < self.max_range, "completion.min_range/max_range",
+               "need 0 <= min_range < max_range")
+
+
 @dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    completion: CompletionConfig = field(default_factory=CompletionConfig)
 
 
 def _check(ok: bool, name: str, why: str) -> None:

@@ -87,6 +87,25 @@ def test_batched_forward_equals_per_sample(mini_models, scan_xyz):
             torch.testing.assert_close(offsets[i:i + 1], ref(x_t[i:i + 1]), rtol=1e-5, atol=1e-6)
 
 
+def test_shared_branches_and_straightforward_switches_give_the_same_eps(mini_models, scan_xyz):
+    """CFG's two branches share the stem and kernel maps; LiDiff's per-voxel MLPs and all-pairs
+    1-NN (the benchmark's straightforward path) give the same numbers as the grouped ones."""
+    enc, den, _ = mini_models
+    part, x_t = _inputs(scan_xyz)
+    t = torch.tensor([999, 250])
+    with torch.no_grad():
+        cond, uncond = enc(part), enc(torch.zeros_like(part))
+        eps_c, eps_u = den.forward_branches(x_t, [cond, uncond], t)
+        torch.testing.assert_close(eps_c, den(x_t, cond, t), rtol=0, atol=0)
+        torch.testing.assert_close(eps_u, den(x_t, uncond, t), rtol=0, atol=0)
+        den.per_voxel_mlps = den.brute_force_match = True
+        try:
+            slow = den(x_t, cond, t)
+        finally:
+            den.per_voxel_mlps = den.brute_force_match = False
+    torch.testing.assert_close(slow, eps_c, rtol=1e-5, atol=1e-6)
+
+
 def test_outputs_follow_point_order_and_respond_to_inputs(mini_models, scan_xyz):
     enc, den, ref = mini_models
     part, x_t = _inputs(scan_xyz, b=1)

@@ -69,6 +69,9 @@ class MinkUNetDiff(nn.Module):
         add_decoder(self, self.sp, cs)
         self.last = point_head(cs[8], 3)
         init_batch_norms(self)
+        # Benchmark switches for the straightforward (LiDiff) evaluation; same numbers, more work.
+        self.per_voxel_mlps = False    # run the modulation MLPs on every voxel, not per encoder voxel
+        self.brute_force_match = False  # 1-NN to encoder voxels by all-pairs search, not lattice rings
 
     def _modulation(self, name: str, x, match: ConditionMatcher, emb: Tensor) -> Tensor:
         """Per-voxel weights w_s of injection `name` for tensor x.
@@ -77,19 +80,36 @@ class MinkUNetDiff(nn.Module):
         time embedding), so the MLPs run on the few encoder voxels and the result is gathered:
         the same numbers as LiDiff's per-voxel evaluation at a fraction of the cost.
         """
-        cond = getattr(self, f"latent_{name}")(match.features)
-        time = getattr(self, f"{name}_temp")(emb)[match.batch]
+        rows = match(x)
+        if self.per_voxel_mlps:  # LiDiff's order: gather first, then the MLPs on every voxel
+            cond = getattr(self, f"latent_{name}")(match.features[rows])
+            time = getattr(self, f"{name}_temp")(emb)[match.batch[rows]]
+        else:
+            cond = getattr(self, f"latent_{name}")(match.features)
+            time = getattr(self, f"{name}_temp")(emb)[match.batch]
         # LiDiff concatenates [time, cond] at up1 and [cond, time] everywhere else.
-        fused = torch.cat((time, cond) if name == "up1" else (cond, time), dim=1)
-        return getattr(self, f"latemp_{name}")(fused)[match(x)]
+        fused = getattr(self, f"latemp_{name}")(torch.cat((time, cond) if name == "up1" else (cond, time), dim=1))
+        return fused if self.per_voxel_mlps else fused[rows]
 
     def forward(self, x_t: Tensor, cond, t: Tensor) -> Tensor:
         """x_t (B, N, 3), cond = encoder output, t (B,) integer steps -> epsilon (B, N, 3)."""
+        return self.forward_branches(x_t, [cond], t)[0]
+
+    def forward_branches(self, x_t: Tensor, conds, t: Tensor) -> list[Tensor]:
+        """epsilon for the same x_t under several conditions (classifier-free guidance's pair).
+
+        The voxelisation, the stem (which sees no condition) and every kernel map depend on x_t
+        only, so they are built once and shared by the branches: each output equals `forward`.
+        """
         field = self.sp.field(x_t, self.voxel_size)
-        match = ConditionMatcher(self.sp, cond, ENCODER_STRIDE)
+        stem = self.stem(self.sp.sparse(field))  # strides 1, 2, 4, 8 follow
         emb = timestep_embedding(t, self.embed_dim)
-        skips = [self.stem(self.sp.sparse(field))]  # strides 1, 2, 4, 8
-        x = skips[0]
+        return [self._branch(field, stem, cond, emb).reshape(x_t.shape) for cond in conds]
+
+    def _branch(self, field, stem, cond, emb: Tensor) -> Tensor:
+        match = ConditionMatcher(self.sp, cond, ENCODER_STRIDE, brute_force=self.brute_force_match)
+        skips = [stem]
+        x = stem
         for k in range(1, 5):
             name = f"stage{k}"
             x = getattr(self, name)(x * self._modulation(name, x, match, emb))
@@ -99,7 +119,7 @@ class MinkUNetDiff(nn.Module):
             deconv, blocks = getattr(self, f"up{k}")
             up = deconv(x * self._modulation(f"up{k}", x, match, emb))
             x = blocks(self.sp.cat(up, skips.pop()))
-        return self.last(self.sp.slice(x, field)).reshape(x_t.shape)
+        return self.last(self.sp.slice(x, field))
 
 
 class MinkUNet(nn.Module):
