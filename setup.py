@@ -6,15 +6,16 @@ from setuptools import find_packages, setup
 PACKAGE = "ddpo_ros"
 
 # torch is pinned so that a CPU machine takes the local CPU wheel and never a CUDA build.
-CORE = ["torch==2.13.0", "numpy>=1.24", "safetensors>=0.4", "pyyaml>=6", "scipy>=1.10"]
+CORE = ["torch==2.13.0", "numpy>=1.24", "safetensors>=0.4", "pyyaml>=6", "scipy>=1.10", "tqdm>=4.60"]
 EXTRAS = {
     "ros": [
         "ros-jazzy-rclpy", "ros-jazzy-rmw-fastrtps-cpp", "ros-jazzy-sensor-msgs",
         "ros-jazzy-std-msgs", "ros-jazzy-diagnostic-msgs", "ros-jazzy-geometry-msgs",
         "rosbags>=0.11",
     ],
-    "train": ["tensorboard>=2.14", "tqdm>=4.60", "open3d-cpu>=0.18", "matplotlib>=3.7"],
-    "dev": ["pytest>=8", "pytest-timeout>=2", "hypothesis>=6", "diffusers>=0.30",
+    "viz": ["matplotlib>=3.7"],  # ddpo render, PNGs in training and evaluation
+    "train": ["tensorboard>=2.14", "open3d-cpu>=0.18", "matplotlib>=3.7"],
+    "dev": ["pytest>=8", "pytest-timeout>=2", "hypothesis>=6", "diffusers>=0.30", "matplotlib>=3.7", "plyfile>=1.0",
             # a real colcon build of the package in the tests
             "colcon-core", "colcon-ros", "colcon-python-setup-py", "ros-jazzy-ament-package"],
 }

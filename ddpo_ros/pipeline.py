@@ -144,6 +144,10 @@ class Completer:
         return cls(models["encoder"], models[kind], models.get("refiner"), config, kind=kind, device=device,
                    **kwargs)
 
+    def clear_cache(self) -> None:
+        """Forget the cached unconditional encoding (call it after changing the encoder's weights)."""
+        self._uncond = None
+
     # -- settings ---------------------------------------------------------------------------
     @property
     def default_steps(self) -> int:

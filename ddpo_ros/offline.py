@@ -1,0 +1,108 @@
+"""`ddpo complete` and `ddpo render`: the Completer over files, no ROS needed.
+
+Inputs are KITTI .bin, .ply, .pcd or .npy clouds (or folders of them); each completed scene is
+written as PLY (or .bin/.pcd/.npy, chosen by the output suffix) with a per-scan timing table.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+CLOUD_SUFFIXES = (".bin", ".ply", ".pcd", ".npy")
+
+
+def expand_inputs(inputs) -> list[Path]:
+    """Files as given, folders as their cloud files (sorted); missing paths raise FileNotFoundError."""
+    files = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in CLOUD_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"{item}: no {'/'.join(CLOUD_SUFFIXES)} files in this folder")
+            files += found
+        elif item.exists():
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+    return files
+
+
+def output_paths(files: list[Path], out: Path, suffix: str = ".ply") -> list[Path]:
+    """One input and a file name with a cloud suffix: that file. Otherwise a folder of <stem>.ply."""
+    if len(files) == 1 and out.suffix.lower() in CLOUD_SUFFIXES:
+        return [out]
+    if out.suffix.lower() in CLOUD_SUFFIXES:
+        raise ValueError(f"-o {out}: {len(files)} inputs need an output folder, not a file name")
+    stems = [f.stem for f in files]
+    if len(set(stems)) < len(stems):  # e.g. two sequences' 000000.bin: keep the parent's name too
+        stems = [f"{f.parent.name}_{f.stem}" for f in files]
+    return [out / f"{s}{suffix}" for s in stems]
+
+
+def complete_cli(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .clouds import read_cloud, write_cloud
+    from .pipeline import Completer, stage_table
+
+    try:
+        files = expand_inputs(args.inputs)
+        outs = output_paths(files, Path(args.output), args.format)
+        completer = Completer.from_checkpoint(args.weights, device=args.device)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"ddpo complete: {err}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    steps = args.steps or completer.default_steps
+    print(f"{len(files)} scan(s); {completer.kind} from {args.weights}, {steps} steps, guidance "
+          f"{args.guidance if args.guidance is not None else completer.default_guidance}, "
+          f"refine {'off' if args.no_refine else 'on'}, {completer.device}", file=sys.stderr)
+    rows, failed = [], []
+    for src, dst in tqdm(list(zip(files, outs)), desc="completing", unit="scan", file=sys.stderr,
+                         disable=len(files) < 2):
+        try:
+            result = completer.complete(read_cloud(src), steps=steps, refine=False if args.no_refine else None,
+                                        guidance_scale=args.guidance, seed=args.seed)
+        except ValueError as err:  # unusable scan: report it, go on with the rest
+            failed.append(src)
+            tqdm.write(f"{src}: skipped: {err}", file=sys.stderr)
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        write_cloud(dst, result.points)
+        if args.save_coarse:
+            write_cloud(dst.with_name(f"{dst.stem}_coarse{dst.suffix}"), result.coarse)
+        if args.png:
+            from .render import render_clouds
+            render_clouds(dst.with_suffix(".png"), [("input scan", read_cloud(src)[:, :3]),
+                                                    ("completion", result.points)], title=src.name)
+        tqdm.write(f"{src} -> {dst}: {result.counts['input']:,} -> {len(result.points):,} points\n"
+                   + stage_table(result.timings), file=sys.stderr)
+        rows.append((src.name, result.counts["input"], len(result.points), result.timings["total"]))
+    if rows:
+        width = max(len(r[0]) for r in rows)
+        print(f"{'scan':<{width}}  {'input':>9}  {'output':>10}  {'seconds':>8}")
+        for name, n_in, n_out, sec in rows:
+            print(f"{name:<{width}}  {n_in:>9,}  {n_out:>10,}  {sec:>8.2f}")
+    if failed:
+        print(f"{len(failed)} of {len(files)} scan(s) could not be completed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def render_cli(args) -> int:
+    from .clouds import read_cloud
+    from .render import render_clouds
+
+    labels = args.labels.split(",") if args.labels else [Path(p).name for p in args.clouds]
+    if len(labels) != len(args.clouds):
+        print(f"ddpo render: {len(labels)} labels for {len(args.clouds)} clouds", file=sys.stderr)
+        return 2
+    try:
+        panels = [(label, read_cloud(p)[:, :3]) for label, p in zip(labels, args.clouds)]
+        path = render_clouds(args.output, panels, title=args.title, view=args.view)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"ddpo render: {err}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
