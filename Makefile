@@ -25,9 +25,11 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/ddpo demo
 
-# Speed and memory of the sparse backends (adds MinkowskiEngine when $(ME_VENV) exists).
+# Speed and memory: the sparse backends (adds MinkowskiEngine when $(ME_VENV) exists), then whole
+# scenes (steps, shortcuts, point counts; ~40 min on 2 cores).
 bench: $(STAMP)
 	$(VENV)/bin/ddpo bench --out bench/results.json $(if $(wildcard $(ME_VENV)/bin/python),--minkowski-python $(ME_VENV)/bin/python)
+	$(VENV)/bin/ddpo bench-scene --out bench/scene.json
 
 # Build MinkowskiEngine 0.5.4 CPU-only into $(ME_VENV) (~7 min on 2 cores). Never run in CI.
 minkowski:

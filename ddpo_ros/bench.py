@@ -70,28 +70,36 @@ def make_inputs(frame: Path, n_points: int, sigma: float) -> dict:
 
 def _measure(op, device: torch.device, repeats: int) -> tuple[list[float], int]:
     """Times of `repeats` runs after one warm-up, and the peak memory growth over all runs."""
-    cuda = device.type == "cuda"
-
-    def memory(peak: bool) -> int:
-        if cuda:
-            return (torch.cuda.max_memory_allocated if peak else torch.cuda.memory_allocated)(device)
-        status = Path("/proc/self/status").read_text()
-        return 1024 * int(re.search(("VmHWM" if peak else "VmRSS") + r":\s+(\d+)", status).group(1))
 
     times, peak = [], 0
     for _ in range(repeats + 1):
-        if cuda:
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        with contextlib.suppress(OSError):
-            Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to VmRSS
-        base, start = memory(peak=False), time.perf_counter()
-        op()
-        if cuda:
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-        peak = max(peak, memory(peak=True) - base)
+        seconds, grown = measure_once(op, device)
+        times.append(seconds)
+        peak = max(peak, grown)
     return times[1:], peak
+
+
+def memory(device: torch.device, peak: bool) -> int:
+    """Bytes in use now, or the peak since the last reset (CPU: process RSS; CUDA: allocator)."""
+    if device.type == "cuda":
+        return (torch.cuda.max_memory_allocated if peak else torch.cuda.memory_allocated)(device)
+    status = Path("/proc/self/status").read_text()
+    return 1024 * int(re.search(("VmHWM" if peak else "VmRSS") + r":\s+(\d+)", status).group(1))
+
+
+def measure_once(op, device: torch.device) -> tuple[float, int]:
+    """Seconds of one call of `op` (device synchronised) and how far memory rose above the start."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to VmRSS
+    base, start = memory(device, peak=False), time.perf_counter()
+    op()
+    if cuda:
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, memory(device, peak=True) - base
 
 
 def run_case(spec: dict) -> dict:
@@ -140,20 +148,21 @@ def run_case(spec: dict) -> dict:
             "minkowski_engine": me and me.__version__}
 
 
-def _spawn(python: str, spec: dict) -> dict:
-    """Run one case in a fresh `python`; a failure becomes an error record."""
+def _spawn(python: str, spec: dict, module: str = "ddpo_ros.bench", keys=CASE_KEYS,
+           timeout: float = WORKER_TIMEOUT_S):
+    """Run one case in a fresh `python -m module --worker SPEC`; a failure becomes an error record."""
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": str(spec["threads"])}
     try:
-        proc = subprocess.run([python, "-m", "ddpo_ros.bench", "--worker", json.dumps(spec)], env=env,
-                              capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, cwd=REPO)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        proc = subprocess.run([python, "-m", module, "--worker", json.dumps(spec)], env=env,
+                              capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("{", "["))]
         if proc.returncode == 0 and lines:
             return json.loads(lines[-1])
         error = f"exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-600:]}"
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
         error = f"{type(exc).__name__}: {exc}"
-    return {**{k: spec[k] for k in CASE_KEYS}, "error": error}
+    return {**{k: spec[k] for k in keys if k in spec}, "error": error}
 
 
 def machine_facts(device: str, threads: int, results: list[dict]) -> dict:
@@ -226,12 +235,16 @@ def bench_cli(args) -> int:
                         "conv_channels": CHANNELS, "width": width, "points": points, "repeats": args.repeats,
                         "warmup": 1, "memory": MEMORY[torch.device(args.device).type],
                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")}}
-    out, table = Path(args.out), markdown(doc)
+    return write_results(doc, Path(args.out), markdown(doc))
+
+
+def write_results(doc: dict, out: Path, table: str) -> int:
+    """`out` (JSON) and the markdown table beside it; prints the table; 1 if any case failed."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")
     out.with_suffix(".md").write_text(table)
     print(table)
-    return 0 if all("error" not in r for r in results) else 1
+    return 0 if all("error" not in r for r in doc["results"]) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
