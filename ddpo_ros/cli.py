@@ -5,37 +5,15 @@ Heavy imports (torch, models) happen inside each command so `ddpo --help` is ins
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 
-def _convert(args) -> int:
-    from .checkpoint import convert_cli
-    return convert_cli(args)
-
-
-def _bench(args) -> int:
-    from .bench import bench_cli
-    return bench_cli(args)
-
-
-def _bench_scene(args) -> int:
-    from .bench_scene import bench_scene_cli
-    return bench_scene_cli(args)
-
-
-def _complete(args) -> int:
-    from .offline import complete_cli
-    return complete_cli(args)
-
-
-def _render(args) -> int:
-    from .offline import render_cli
-    return render_cli(args)
-
-
-def _demo(args) -> int:
-    from .demo import demo_cli
-    return demo_cli(args)
+def _lazy(module: str, function: str):
+    """A command that imports its module only when it runs."""
+    def run(args) -> int:
+        return getattr(importlib.import_module(f".{module}", __package__), function)(args)
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated roles to keep (teacher,student,ta_win,ta_lose,ta,encoder,refiner)")
     p.add_argument("--layout", default=None,
                    help="reference layout to export to (lidiff, lidiff_refine, scorelidar, distillation_dpo, ddpo_teacher)")
-    p.set_defaults(func=_convert)
+    p.set_defaults(func=_lazy("checkpoint", "convert_cli"))
 
     p = sub.add_parser("complete", help="complete LiDAR scans from files (.bin, .ply, .pcd, .npy)",
                        description="Complete each scan with the Completer the ROS node uses; write PLY "
@@ -70,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output format when -o is a folder")
     p.add_argument("--save-coarse", action="store_true", help="also write the scene before refinement")
     p.add_argument("--png", action="store_true", help="also render input vs completion to <output>.png")
-    p.set_defaults(func=_complete)
+    p.set_defaults(func=_lazy("offline", "complete_cli"))
 
     p = sub.add_parser("render", help="PNG of point clouds side by side (bird's-eye and 3-D views)")
     p.add_argument("clouds", nargs="+", help="cloud files (.bin, .ply, .pcd, .npy)")
@@ -78,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None, help="comma-separated panel labels (default: file names)")
     p.add_argument("--title", default=None)
     p.add_argument("--view", default="both", choices=["bev", "3d", "both"])
-    p.set_defaults(func=_render)
+    p.set_defaults(func=_lazy("offline", "render_cli"))
 
     p = sub.add_parser("bench", help="speed and peak memory of the sparse backends (JSON + table)")
     p.add_argument("--out", default="bench/results.json", help="JSON file to write")
@@ -87,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="python of an environment with MinkowskiEngine, to bench it in the same run")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per case (median reported)")
-    p.set_defaults(func=_bench)
+    p.set_defaults(func=_lazy("bench", "bench_cli"))
 
     p = sub.add_parser("bench-scene", help="seconds and peak memory per completed scene (JSON + tables)")
     p.add_argument("--out", default="bench/scene.json", help="JSON file to write (a .md table beside it)")
@@ -100,13 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--width", type=float, default=None, help=argparse.SUPPRESS)  # thin models for tests
-    p.set_defaults(func=_bench_scene)
+    p.set_defaults(func=_lazy("bench_scene", "bench_scene_cli"))
 
     p = sub.add_parser("demo", help="run the best end-to-end job on the bundled real KITTI frames")
     p.add_argument("--data", default=None, help="shared data folder (default: $DDPO_DATA or ../shared/data)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--weights", default=None, help="ddpo_ros .safetensors weights (from `ddpo convert`)")
-    p.set_defaults(func=_demo)
+    p.set_defaults(func=_lazy("demo", "demo_cli"))
     return parser
 
 
