@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-CLOUD_SUFFIXES = (".bin", ".ply", ".pcd", ".npy")
+from .clouds import SUFFIXES as CLOUD_SUFFIXES  # numpy-only import: `ddpo --help` stays fast
 
 
 def expand_inputs(inputs) -> list[Path]:
@@ -63,7 +63,8 @@ def complete_cli(args) -> int:
     for src, dst in tqdm(list(zip(files, outs)), desc="completing", unit="scan", file=sys.stderr,
                          disable=len(files) < 2):
         try:
-            result = completer.complete(read_cloud(src), steps=steps, refine=False if args.no_refine else None,
+            scan = read_cloud(src)
+            result = completer.complete(scan, steps=steps, refine=False if args.no_refine else None,
                                         guidance_scale=args.guidance, seed=args.seed)
         except ValueError as err:  # unusable scan: report it, go on with the rest
             failed.append(src)
@@ -75,7 +76,7 @@ def complete_cli(args) -> int:
             write_cloud(dst.with_name(f"{dst.stem}_coarse{dst.suffix}"), result.coarse)
         if args.png:
             from .render import render_clouds
-            render_clouds(dst.with_suffix(".png"), [("input scan", read_cloud(src)[:, :3]),
+            render_clouds(dst.with_suffix(".png"), [("input scan", scan[:, :3]),
                                                     ("completion", result.points)], title=src.name)
         tqdm.write(f"{src} -> {dst}: {result.counts['input']:,} -> {len(result.points):,} points\n"
                    + stage_table(result.timings), file=sys.stderr)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .clouds import crop_range
 from .config import CompletionConfig, Config
 from .diffusion import SAMPLERS, guide, inference_timesteps, schedule_from_config
 from .fps import farthest_point_sample
@@ -171,8 +172,7 @@ class Completer:
         counts = {"input": len(points), "non_finite": non_finite}
         if len(xyz) == 0:
             raise ValueError(f"the cloud has no finite points ({len(points)} rows, {non_finite} non-finite)")
-        r = np.linalg.norm(xyz, axis=1)
-        kept = xyz[(r > c.min_range) & (r < c.max_range)]
+        kept = crop_range(xyz, c.min_range, c.max_range)
         counts["in_range"] = len(kept)
         if len(kept) < c.num_points:
             raise ValueError(f"{len(kept)} points lie within {c.min_range}-{c.max_range} m "

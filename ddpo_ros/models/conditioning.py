@@ -88,8 +88,8 @@ def nearest_voxel(query: Tensor, cand: Tensor, lattice: int, max_ring: int = 64,
 
     half = lattice // 2
     base = torch.cat([query[:, :1], torch.div(query[:, 1:] + half, lattice, rounding_mode="floor")], 1)
-    cell_keys, inverse, first = unique_keys(pack(base))
-    counts = torch.bincount(inverse, minlength=len(cell_keys))
+    packed_cells, inverse, first = unique_keys(pack(base))
+    counts = torch.bincount(inverse, minlength=len(packed_cells))
     cells = base[first]
     by_cell = torch.argsort(inverse, stable=True)
     starts = torch.cumsum(counts, 0) - counts
