@@ -107,9 +107,10 @@ class Monitor:
             values = [("ready", "yes" if self.ready else "warming up"), ("device", self.device)]
             values += list(self._last.items())
             values += [(f"frames {k}", str(v)) for k, v in c.items()]
-            for name, (mean, p95, peak) in (("latency", lat), ("processing", proc)):
-                values += [(f"{name} mean ms", f"{mean:.1f}"), (f"{name} p95 ms", f"{p95:.1f}"),
-                           (f"{name} max ms", f"{peak:.1f}")]
+            for name, stats in (("latency", lat), ("processing", proc)):
+                # n/a, not nan: offline (`ddpo complete BAG`) there is no live clock to measure latency
+                values += [(f"{name} {k} ms", "n/a" if v != v else f"{v:.1f}") for k, v in zip(("mean", "p95", "max"),
+                                                                                         stats)]
             values += [(f"stage {k} ms", f"{np.mean(v):.1f}") for k, v in self._stages.items()]
             values += [("input rate Hz", f"{_rate(self._arrivals):.2f}"),
                        ("output rate Hz", f"{_rate(self._outputs):.2f}"),

@@ -96,10 +96,11 @@ def test_latency_budget():
     assert rep.level == WARN and "mean latency 700 ms > 500 ms" in rep.message
 
 
-def test_latency_unknown_is_not_a_number():
+def test_latency_unknown_is_not_available():
     mon = Monitor()
     mon.processed(completion(), latency_s=None, processing_s=0.1)
-    assert values(mon.report())["latency mean ms"] == "nan"
+    assert values(mon.report())["latency mean ms"] == "n/a"
+    assert values(mon.report())["processing mean ms"] == "100.0"
 
 
 def test_diagnostic_array_for_rosbags_classes_serialises():

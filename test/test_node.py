@@ -131,6 +131,34 @@ def test_completes_real_clouds_with_same_stamp_and_frame(ros, node):
     probe.node.destroy_node()
 
 
+def test_bundled_mini_weights_complete_a_real_cloud(ros):
+    """With `weights` empty the node loads the package's trained mini weights and completes with them."""
+    from ddpo_ros.node import CompletionNode
+    from ddpo_ros.resources import default_weights
+
+    if default_weights() is None:
+        pytest.skip("no ddpo_ros/weights/mini.safetensors in this checkout (make mini-benchmark writes it)")
+    ctx, executor, _ = ros
+    n = CompletionNode(context=ctx, namespace="bundled", parameter_overrides=[
+        Parameter("device", value="cpu"), Parameter("completion.steps", value=1),
+        Parameter("completion.seed", value=0), Parameter("input.reliability", value="reliable")])
+    executor.add_node(n)
+    try:
+        probe = Probe(ctx, executor, "bundled")
+        assert probe.connected(n), "no DDS match on loopback"
+        probe.pub.publish(cloud_msg(0, stamp_s=7))
+        assert probe.wait(lambda: len(probe.outputs) == 1, timeout=120), "no completion from the bundled weights"
+        points = read_pointcloud2(probe.outputs[0]).points
+        scan = kitti_scan(0)[:, :3]
+        assert probe.outputs[0].header.stamp.sec == 7 and np.all(np.isfinite(points))
+        assert len(points) > len(scan) / 10  # 4,000 samples x10 replicas, refined
+        probe.node.destroy_node()
+    finally:
+        executor.remove_node(n)
+        n.stop()
+        n.destroy_node()
+
+
 def malformed_messages():
     good = cloud_msg(0)
     no_z = cloud_msg(0)

@@ -88,6 +88,14 @@ def test_resume_after_a_kill_is_bit_exact(tmp_path):
         torch.testing.assert_close(sa[k], sb[k], rtol=1e-6, atol=1e-8)
 
 
+def test_a_wall_time_budget_stops_with_a_checkpoint_and_published_weights(tmp_path):
+    cfg = write_config(tmp_path / "tiny.yaml", train={"max_minutes": 1e-6, "checkpoint_every": 100})
+    proc = train(cfg, tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step_0000001"  # not 12
+    assert (tmp_path / "run" / "weights.safetensors").is_file()
+
+
 def test_bad_configs_are_named(tmp_path):
     bad = write_config(tmp_path / "bad.yaml", train={"learning_rate": 1})
     proc = train(bad, tmp_path / "x")

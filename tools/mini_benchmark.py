@@ -10,8 +10,9 @@
 4. bench/mini_benchmark.json and .md, and the student + encoder + refiner merged into
    ddpo_ros/weights/mini.safetensors (the weights `make demo` and the node use).
 
-Each stage's budget is a step count (--teacher-steps, ...); rerunning skips finished stages and
-resumes an interrupted one from its last checkpoint.
+Each stage's budget is a step count (--teacher-steps, ...); rerunning skips finished stages,
+resumes an interrupted one from its last checkpoint, and extends one whose budget was raised.
+A student's evaluations are redone when it trained further (their folders name the step).
 """
 from __future__ import annotations
 
@@ -36,14 +37,52 @@ def sh(cmd: list[str], log: Path) -> None:
         sys.exit(f"failed ({proc.returncode}): see {log}")
 
 
+def steps_done(out: Path) -> int:
+    latest = out / "checkpoints" / "latest"
+    return int(latest.read_text().split("_")[1]) if latest.exists() else 0
+
+
 def stage(name: str, config: str, out: Path, steps: int, log: Path, *extra: str) -> Path:
-    if not (out / "weights.safetensors").exists():
+    """Train `name` up to `steps` optimiser steps. A stage that stopped short (killed, or an earlier
+    run with a smaller budget) resumes from its last checkpoint: the lr schedule is a function of
+    the epoch, so a longer budget continues exactly the run it extends. Wall time accumulates in
+    out/seconds.txt."""
+    done = steps_done(out)
+    if done < steps or not (out / "weights.safetensors").exists():
         start = time.perf_counter()
-        resume = ["--resume"] if (out / "checkpoints" / "latest").exists() else []  # an interrupted stage
+        resume = ["--resume"] if done else []
         sh([*TRAIN, name, "--config", REPO / "config" / "train" / config, "--out", out,
             "--set", f"train.max_steps={steps}", *extra, *resume], log)
-        (out / "seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
+        before = float((out / "seconds.txt").read_text()) if done and (out / "seconds.txt").exists() else 0.0
+        (out / "seconds.txt").write_text(f"{before + time.perf_counter() - start:.0f}\n")
     return out / "weights.safetensors"
+
+
+def drift(teacher: Path, student: Path) -> dict:
+    """How far a student moved from its teacher: L2 of the change of the trained weights (absolute and
+    relative to the teacher's norm) and of the BatchNorm running statistics, which train-mode forward
+    passes move without any gradient. SGD with the gradient norm clipped at c moves the weights by at
+    most lr * c per step, so this separates learning from statistics drift."""
+    from safetensors.torch import load_file
+    t, s = load_file(str(teacher)), load_file(str(student))
+    out = {}
+    for kind, pick in (("weights", lambda k: "running_" not in k and "num_batches" not in k),
+                       ("bn_stats", lambda k: "running_" in k)):
+        keys = [k for k in t if k.startswith("teacher.") and pick(k)]
+        moved = sum(float((s["student" + k[7:]].double() - t[k].double()).pow(2).sum()) for k in keys) ** 0.5
+        norm = sum(float(t[k].double().pow(2).sum()) for k in keys) ** 0.5
+        out[kind] = {"l2": moved, "relative": moved / norm if norm else float("nan")}
+    return out
+
+
+def check_teacher(student_out: Path, teacher_step: int) -> None:
+    """A student is distilled from one teacher: refuse to extend it from a teacher trained further since."""
+    record = student_out / "teacher_step.txt"
+    if record.exists() and int(record.read_text()) != teacher_step:
+        sys.exit(f"{student_out} was distilled from the teacher at step {int(record.read_text())}, but the "
+                 f"teacher is now at step {teacher_step}: delete {student_out} to distil the new teacher")
+    student_out.mkdir(parents=True, exist_ok=True)
+    record.write_text(f"{teacher_step}\n")
 
 
 def evaluate(weights: Path, data: str, out: Path, steps: int, log: Path, *extra: str) -> dict:
@@ -59,7 +98,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--teacher-steps", type=int, default=300)
     p.add_argument("--refine-steps", type=int, default=100)
-    p.add_argument("--student-steps", type=int, default=60)
+    p.add_argument("--student-steps", type=int, default=30)
     p.add_argument("--synthetic-scenes", type=int, default=2, help="held-out synthetic scenes scored")
     p.add_argument("--no-bundle", action="store_true", help="do not write ddpo_ros/weights/mini.safetensors")
     args = p.parse_args(argv)
@@ -70,8 +109,11 @@ def main(argv=None) -> int:
 
     teacher = stage("teacher", "teacher_mini.yaml", out / "teacher", args.teacher_steps, log)
     refiner = stage("refine", "refine_mini.yaml", out / "refine", args.refine_steps, log)
-    students = {name: stage(name, f"{name.replace('-', '_')}_mini.yaml", out / name, args.student_steps, log,
-                            "--set", f"distill.teacher={teacher}") for name in ("distill", "score-distill")}
+    students = {}
+    for name in ("distill", "score-distill"):
+        check_teacher(out / name, steps_done(teacher.parent))
+        students[name] = stage(name, f"{name.replace('-', '_')}_mini.yaml", out / name, args.student_steps, log,
+                               "--set", f"distill.teacher={teacher}")
 
     real = ["--start", "10", "--every", "10", "--cache-dir", str(out / "maps")]
     runs = [("LiDiff teacher", teacher, 50), ("LiDiff teacher", teacher, 8),
@@ -82,19 +124,20 @@ def main(argv=None) -> int:
         row = {"model": label, "steps": steps}
         for split, data, extra in (("synthetic", f"synthetic:{args.synthetic_scenes}", []),
                                    ("kitti", str(Path(args.data) / "kitti_seq00_0_39"), real)):
-            tag = f"{weights.parent.name}_{steps}_{split}"
+            tag = f"{weights.parent.name}@{steps_done(weights.parent)}_{steps}_{split}"
             s = evaluate(weights, data, out / "eval" / tag, steps, log, *extra)
             row[split] = {"cd": s["completion"]["cd"], "jsd_3d": s["completion"]["jsd_3d"],
                           "emd": s["completion"]["emd"], "seconds": s["rows"][1][2], "nfe": s["rows"][1][3],
                           "scan_cd": s["scan_only"]["cd"], "scans": s["scans"]}
         rows.append(row)
 
+    drifts = {name: drift(teacher, w) for name, w in students.items()}
     budgets = {"teacher": args.teacher_steps, "refine": args.refine_steps, "students": args.student_steps}
     seconds = {n: float((out / n / "seconds.txt").read_text())
                for n in ("teacher", "refine", "distill", "score-distill") if (out / n / "seconds.txt").exists()}
-    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": platform.processor() or platform.machine(), "budget_steps": budgets,
-              "train_seconds": seconds, "rows": rows, "total_minutes": (time.perf_counter() - started) / 60}
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+              "budget_steps": budgets, "train_seconds": seconds, "rows": rows, "student_drift": drifts,
+              "total_minutes": (time.perf_counter() - started) / 60}
     bench = REPO / "bench"
     (bench / "mini_benchmark.json").write_text(json.dumps(result, indent=1))
     (bench / "mini_benchmark.md").write_text(markdown(result))
@@ -108,12 +151,24 @@ def main(argv=None) -> int:
     return 0
 
 
+def machine() -> str:
+    """CPU model and core count, e.g. 'Intel(R) Xeon(R) ... (2 cores)'."""
+    import os
+    name = platform.processor() or platform.machine()
+    try:
+        name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name} ({os.cpu_count()} cores)"
+
+
 def markdown(result: dict) -> str:
     def cell(m, key):
         v = m[key]
         return "-" if v is None else f"{v['mean']:.3f}"
     lines = [f"Mini-scale benchmark, {result['date']} ({result['machine']}, CPU); training budgets in optimiser "
-             f"steps: {result['budget_steps']}; seconds: {result['train_seconds']}.", "",
+             f"steps: {result['budget_steps']}; training minutes: "
+             f"{ {k: round(v / 60, 1) for k, v in result['train_seconds'].items()} }.", "",
              "| model | steps | NFE | synthetic CD m | JSD | EMD | s/scene | KITTI CD m | JSD | EMD | s/scene |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
@@ -124,6 +179,11 @@ def markdown(result: dict) -> str:
     s0, k0 = result["rows"][0]["synthetic"], result["rows"][0]["kitti"]
     lines.append(f"| the scan itself (no completion) | - | 0 | {cell(s0, 'scan_cd')} | | | | {cell(k0, 'scan_cd')} "
                  "| | | |")
+    lines += ["", "How far each student moved from the teacher (L2 of the change; relative to the teacher's norm):", "",
+              "| student | weights | relative | BatchNorm running stats | relative |", "|---|---:|---:|---:|---:|"]
+    for name, d in result.get("student_drift", {}).items():
+        w, b = d["weights"], d["bn_stats"]
+        lines.append(f"| {name} | {w['l2']:.2e} | {w['relative']:.1e} | {b['l2']:.2e} | {b['relative']:.1e} |")
     return "\n".join(lines) + "\n"
 
 

@@ -51,6 +51,7 @@ class LoopConfig:
     grad_clip: float = 0.0                 # global norm per optimiser (0: off)
     epochs: int = 20
     max_steps: int = 0                     # stop after this many optimiser steps (0: epochs decide)
+    max_minutes: float = 0.0               # ... or after this much wall time in this process (0: no limit)
     seed: int = 42
     checkpoint_every: int = 500            # steps
     log_every: int = 10                    # steps
@@ -64,6 +65,7 @@ class LoopConfig:
         _check(self.lr > 0, "train.lr", "must be > 0")
         _check(0 < self.lr_decay <= 1, "train.lr_decay", "must be in (0, 1]")
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.max_minutes >= 0, "train.max_minutes", "must be >= 0")
         _check(self.checkpoint_every >= 1 and self.log_every >= 1, "train.checkpoint_every/log_every",
                "must be >= 1")
 

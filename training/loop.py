@@ -157,7 +157,7 @@ def train(cfg, stage: Stage, run: Run, *, resume: bool = False) -> int:
             if stage.validate is not None and run.main and (
                     (t.val_every and step % t.val_every == 0) or (not t.val_every and last_of_epoch)):
                 _log(run, stage.validate(step), step)
-            done = bool(t.max_steps) and step >= t.max_steps
+            done = (bool(t.max_steps) and step >= t.max_steps) or _out_of_time(run, t, started)
             if run.main and (step % t.checkpoint_every == 0 or done or (last_of_epoch and epoch + 1 == t.epochs)):
                 position = {"epoch": epoch + 1, "batch": 0} if last_of_epoch else {"epoch": epoch, "batch": b + 1}
                 checkpoints.save(run.out, step, stage.models, stage.optimizers,
@@ -172,6 +172,17 @@ def train(cfg, stage: Stage, run: Run, *, resume: bool = False) -> int:
     if run.main and checkpoints.latest(run.out) is not None:  # the run's result, where configs expect it
         checkpoints.publish_weights(run.out)
     return step
+
+
+def _out_of_time(run: Run, t, started: float) -> bool:
+    """train.max_minutes spent (a wall-time budget); rank 0's clock decides for every rank."""
+    if not t.max_minutes:
+        return False
+    over = torch.tensor(float(time.perf_counter() - started > 60 * t.max_minutes))
+    if run.world > 1:  # every rank must stop at the same step, or DDP's next all-reduce hangs
+        over = over.to(run.device)
+        dist.broadcast(over, src=0)
+    return bool(over.item())
 
 
 def _total_steps(cfg, stage: Stage) -> int:
