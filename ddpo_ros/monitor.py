@@ -109,8 +109,8 @@ class Monitor:
             values += [(f"frames {k}", str(v)) for k, v in c.items()]
             for name, stats in (("latency", lat), ("processing", proc)):
                 # n/a, not nan: offline (`ddpo complete BAG`) there is no live clock to measure latency
-                values += [(f"{name} {k} ms", "n/a" if v != v else f"{v:.1f}") for k, v in zip(("mean", "p95", "max"),
-                                                                                         stats)]
+                values += [(f"{name} {k} ms", "n/a" if v != v else f"{v:.1f}")
+                           for k, v in zip(("mean", "p95", "max"), stats)]
             values += [(f"stage {k} ms", f"{np.mean(v):.1f}") for k, v in self._stages.items()]
             values += [("input rate Hz", f"{_rate(self._arrivals):.2f}"),
                        ("output rate Hz", f"{_rate(self._outputs):.2f}"),
