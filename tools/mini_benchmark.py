@@ -116,15 +116,19 @@ def main(argv=None) -> int:
                                "--set", f"distill.teacher={teacher}")
 
     real = ["--start", "10", "--every", "10", "--cache-dir", str(out / "maps")]
-    runs = [("LiDiff teacher", teacher, 50), ("LiDiff teacher", teacher, 8),
-            ("score distillation", students["score-distill"], 8)]
-    runs += [("Distillation-DPO", students["distill"], s) for s in (8, 4, 2, 1)]
+    # Guidance as each model's default (teacher 6, student 3.5), plus the teacher at the students'
+    # 3.5: without that control row a student's gain could be the guidance weight alone.
+    runs = [("LiDiff teacher", teacher, 50, None), ("LiDiff teacher", teacher, 8, None),
+            ("LiDiff teacher, w 3.5", teacher, 8, 3.5), ("score distillation", students["score-distill"], 8, None)]
+    runs += [("Distillation-DPO", students["distill"], s, None) for s in (8, 4, 2, 1)]
     rows = []
-    for label, weights, steps in runs:
+    for label, weights, steps, guidance in runs:
         row = {"model": label, "steps": steps}
         for split, data, extra in (("synthetic", f"synthetic:{args.synthetic_scenes}", []),
                                    ("kitti", str(Path(args.data) / "kitti_seq00_0_39"), real)):
             tag = f"{weights.parent.name}@{steps_done(weights.parent)}_{steps}_{split}"
+            if guidance is not None:
+                tag, extra = f"{tag}_w{guidance}", [*extra, "--guidance", guidance]
             s = evaluate(weights, data, out / "eval" / tag, steps, log, *extra)
             row[split] = {"cd": s["completion"]["cd"], "jsd_3d": s["completion"]["jsd_3d"],
                           "emd": s["completion"]["emd"], "seconds": s["rows"][1][2], "nfe": s["rows"][1][3],
