@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -139,7 +138,10 @@ def main(argv=None) -> int:
     budgets = {"teacher": args.teacher_steps, "refine": args.refine_steps, "students": args.student_steps}
     seconds = {n: float((out / n / "seconds.txt").read_text())
                for n in ("teacher", "refine", "distill", "score-distill") if (out / n / "seconds.txt").exists()}
-    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+    from ddpo_ros.bench import machine_facts
+    facts = machine_facts("cpu", 0, [])
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": f"{facts['cpu']} ({facts['cores']} cores), torch {facts['torch']}",
               "budget_steps": budgets, "train_seconds": seconds, "rows": rows, "student_drift": drifts,
               "total_minutes": (time.perf_counter() - started) / 60}
     bench = REPO / "bench"
@@ -153,17 +155,6 @@ def main(argv=None) -> int:
             "--roles", "encoder,student,refiner"], log)
         print(f"bundled {bundle} ({bundle.stat().st_size / 2**20:.1f} MiB)")
     return 0
-
-
-def machine() -> str:
-    """CPU model and core count, e.g. 'Intel(R) Xeon(R) ... (2 cores)'."""
-    import os
-    name = platform.processor() or platform.machine()
-    try:
-        name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name} ({os.cpu_count()} cores)"
 
 
 def markdown(result: dict) -> str:
