@@ -25,6 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # training/ is not an installed package
+from training import checkpoints  # noqa: E402
 TRAIN = [sys.executable, str(REPO / "training" / "train.py")]
 
 
@@ -37,8 +39,9 @@ def sh(cmd: list[str], log: Path) -> None:
 
 
 def steps_done(out: Path) -> int:
-    latest = out / "checkpoints" / "latest"
-    return int(latest.read_text().split("_")[1]) if latest.exists() else 0
+    """The step of the stage's last checkpoint (folders are named step_NNNNNNN), 0 before the first."""
+    last = checkpoints.latest(out)
+    return int(last.name.split("_")[1]) if last is not None else 0
 
 
 def stage(name: str, config: str, out: Path, steps: int, log: Path, *extra: str) -> Path:
@@ -68,7 +71,8 @@ def drift(teacher: Path, student: Path) -> dict:
     for kind, pick in (("weights", lambda k: "running_" not in k and "num_batches" not in k),
                        ("bn_stats", lambda k: "running_" in k)):
         keys = [k for k in t if k.startswith("teacher.") and pick(k)]
-        moved = sum(float((s["student" + k[7:]].double() - t[k].double()).pow(2).sum()) for k in keys) ** 0.5
+        moved = sum(float((s["student." + k.removeprefix("teacher.")].double() - t[k].double()).pow(2).sum())
+                    for k in keys) ** 0.5
         norm = sum(float(t[k].double().pow(2).sum()) for k in keys) ** 0.5
         out[kind] = {"l2": moved, "relative": moved / norm if norm else float("nan")}
     return out
