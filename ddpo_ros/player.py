@@ -87,6 +87,14 @@ def play(bag: str | Path, *, rate: float = 1.0, topics: list[str] | None = None,
                 names = ", ".join(sorted({c.topic for c in reader.connections}))
                 raise ValueError(f"{bag}: nothing to play (topics: {names})")
             _wait_for_subscribers([*publishers.values(), clock_pub], wait_for_subscribers)
+            if clock_pub is not None and wait_for_subscribers > 0:
+                # A subscriber the player has matched may not have matched the player yet, and a volatile
+                # reader drops what came before: prime /clock at the bag's start and wait for the ack,
+                # so the first tick of the real pass is not lost.
+                from builtin_interfaces.msg import Time
+                clock_pub.publish(Clock(clock=Time(sec=reader.start_time // 10**9,
+                                                   nanosec=reader.start_time % 10**9)))
+                clock_pub.wait_for_all_acked(Duration(seconds=wait_for_subscribers))
             conns = [c for c in reader.connections if c.topic in publishers]
             started = time.monotonic()
             while True:
