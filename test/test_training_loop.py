@@ -96,6 +96,25 @@ def test_a_wall_time_budget_stops_with_a_checkpoint_and_published_weights(tmp_pa
     assert (tmp_path / "run" / "weights.safetensors").is_file()
 
 
+def test_teacher_init_fine_tunes_given_weights_and_refuses_another_architecture(tmp_path):
+    base = train(write_config(tmp_path / "base.yaml", data={"synthetic_val": 0}, train={"max_steps": 1}),
+                 tmp_path / "base")
+    assert base.returncode == 0, base.stderr[-3000:]
+    init = tmp_path / "base" / "weights.safetensors"
+    cfg = write_config(tmp_path / "tune.yaml", data={"synthetic_val": 0, "synthetic_seed": 7},
+                       teacher={"init": str(init)}, train={"max_steps": 1, "lr": 1.0e-12, "seed": 3})
+    tuned = train(cfg, tmp_path / "tune")
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    a, b = load_file(str(init)), weights(tmp_path / "tune", 1)
+    learned = [k for k in a if k.endswith(("kernel", "weight")) and a[k].dim() > 1]
+    assert learned and all(torch.allclose(a[k], b[k], atol=1e-9) for k in learned)  # lr 1e-12: unchanged
+
+    wide = write_config(tmp_path / "wide.yaml", model={"width": 0.25}, teacher={"init": str(init)},
+                        train={"max_steps": 1})
+    proc = train(wide, tmp_path / "wide")
+    assert proc.returncode == 2 and "teacher.init" in proc.stderr and str(init) in proc.stderr
+
+
 def test_bad_configs_are_named(tmp_path):
     bad = write_config(tmp_path / "bad.yaml", train={"learning_rate": 1})
     proc = train(bad, tmp_path / "x")

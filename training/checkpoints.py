@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ddpo_ros.checkpoint import load_checkpoint, save_checkpoint
+from ddpo_ros.checkpoint import CheckpointError, build_models, load_checkpoint, save_checkpoint
 
 
 def _flatten_optimizer(name: str, state: dict, tensors: dict) -> dict:
@@ -93,3 +93,15 @@ def load(path: Path, models: dict, optimizers: dict) -> dict:
         for name, opt in optimizers.items():
             opt.load_state_dict(_unflatten_optimizer(name, meta["optimizers"][name], f))
     return meta["progress"]
+
+
+def load_roles(path: str, field: str, cfg, roles: list[str], device) -> dict:
+    """Networks of `roles` from the weights file `path` (the config field `field`), checked against cfg.model."""
+    if not path:
+        raise ValueError(f"{field} is empty: give the weights the teacher stage wrote "
+                         "(runs/<teacher>/checkpoints/step_.../weights.safetensors)")
+    ckpt = load_checkpoint(path)
+    if ckpt.config.model != cfg.model:
+        raise CheckpointError(f"{path} ({field}): its networks are {ckpt.config.model}, but the config's model "
+                              f"section is {cfg.model}; make them agree")
+    return build_models(ckpt, roles, device=device)

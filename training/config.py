@@ -76,6 +76,7 @@ class TeacherConfig:
 
     uncond_prob: float = 0.1               # per batch, the whole batch gets the all-zero condition
     reg_weight: float = 5.0
+    init: str = ""                         # start from these weights (roles encoder + teacher); "": random
 
     def __post_init__(self):
         _check(0 <= self.uncond_prob <= 1, "teacher.uncond_prob", "must be in [0, 1]")

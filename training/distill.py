@@ -24,10 +24,10 @@ import copy
 
 import torch
 
-from ddpo_ros.checkpoint import CheckpointError, build_models, load_checkpoint
 from ddpo_ros.diffusion import add_local_noise, schedule_from_config
 from ddpo_ros.pipeline import Completer
 
+from .checkpoints import load_roles
 from .loop import Run, Stage, inference_config
 from .losses import noise_mse, student_surrogate
 from .student import clamp_far, frozen_condition, one_step_generate, preference
@@ -36,15 +36,7 @@ from .validation import validator
 
 def load_teacher(cfg, device) -> dict:
     """encoder + teacher from distill.teacher, checked against this config's model."""
-    path = cfg.distill.teacher
-    if not path:
-        raise ValueError("distill.teacher is empty: give the weights the teacher stage wrote "
-                         "(runs/<teacher>/checkpoints/step_.../weights.safetensors)")
-    ckpt = load_checkpoint(path)
-    if ckpt.config.model != cfg.model:
-        raise CheckpointError(f"{path}: its networks are {ckpt.config.model}, but the config's model section "
-                              f"is {cfg.model}; make them agree")
-    return build_models(ckpt, ["encoder", "teacher"], device=device)
+    return load_roles(cfg.distill.teacher, "distill.teacher", cfg, ["encoder", "teacher"], device)
 
 
 def pair_samples(student, cond, x_init, gt, lam, schedule, generator, metric):

@@ -4,6 +4,9 @@ Per batch (reference sections 2 and 4): t ~ U{0..T-1} and eps ~ N(0, I) per samp
 point noise x_t = x_gt + sqrt(1 - abar_t) eps (no signal scaling); with probability uncond_prob the
 whole batch is conditioned on the all-zero scan (classifier-free guidance dropout); the loss is
 MSE(eps_hat, eps) + 5 ((mean eps_hat)^2 + (std eps_hat - 1)^2). Adam 1e-4, halved every 5 epochs.
+
+`teacher.init` starts from existing weights instead (fine-tuning, e.g. the imported LiDiff teacher
+on new data); the optimiser and the lr schedule start fresh.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from ddpo_ros.diffusion import add_local_noise, schedule_from_config
 from ddpo_ros.models import build_denoiser, build_encoder
 from ddpo_ros.pipeline import Completer
 
+from .checkpoints import load_roles
 from .loop import Run, Stage, inference_config
 from .losses import lidiff_loss
 from .validation import validator
@@ -25,8 +29,12 @@ def make_optimizer(cfg, params) -> torch.optim.Optimizer:
 
 
 def build(cfg, run: Run, train_set, val_set) -> Stage:
-    encoder = build_encoder(cfg.model).to(run.device)
-    denoiser = build_denoiser(cfg.model).to(run.device)
+    if cfg.teacher.init:
+        nets = load_roles(cfg.teacher.init, "teacher.init", cfg, ["encoder", "teacher"], run.device)
+        encoder, denoiser = nets["encoder"], nets["teacher"]
+    else:
+        encoder = build_encoder(cfg.model).to(run.device)
+        denoiser = build_denoiser(cfg.model).to(run.device)
     enc, den = run.wrap(encoder), run.wrap(denoiser)
     params = [*encoder.parameters(), *denoiser.parameters()]
     optimizer = make_optimizer(cfg, params)
