@@ -17,6 +17,13 @@ def test_shipped_model_configs_load(path):
     assert from_dict(Config, to_dict(cfg)) == cfg  # lossless round trip
 
 
+@pytest.mark.parametrize("path", sorted((CONFIG_DIR / "train").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_training_configs_load(path):
+    from training.config import load_train_config
+    cfg = load_train_config(path)
+    assert cfg.stage.replace("-", "_") == path.stem.removesuffix("_mini").removesuffix("_mini_tune")
+
+
 def test_paper_scale_config_is_the_reference():
     cfg = load_config(CONFIG_DIR / "model" / "lidiff.yaml")
     assert cfg.model == ModelConfig() and cfg.model.channels == (32, 32, 64, 128, 256, 256, 128, 96, 96)

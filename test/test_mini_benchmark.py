@@ -42,10 +42,10 @@ def test_a_stage_runs_only_to_extend_its_budget(mb, tmp_path, monkeypatch):
 
 
 def test_a_student_is_tied_to_its_teacher_step(mb, tmp_path):
-    mb.check_teacher(tmp_path / "distill", 300)
-    mb.check_teacher(tmp_path / "distill", 300)
-    with pytest.raises(SystemExit, match="teacher at step 300, but the teacher is now at step 900"):
-        mb.check_teacher(tmp_path / "distill", 900)
+    mb.check_teacher(tmp_path / "distill", "300+25")
+    mb.check_teacher(tmp_path / "distill", "300+25")
+    with pytest.raises(SystemExit, match=r"teacher at step 300\+25, but the teacher is now at step 300\+50"):
+        mb.check_teacher(tmp_path / "distill", "300+50")
 
 
 def test_drift_separates_weights_from_batchnorm_statistics(mb, tmp_path):

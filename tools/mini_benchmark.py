@@ -1,11 +1,13 @@
 """`make mini-benchmark`: the paper's Tables 2 and 6 in miniature, trained and measured on this CPU.
 
-1. a mini LiDiff teacher (config/train/teacher_mini.yaml) and a mini refiner (refine_mini.yaml);
+1. a mini LiDiff teacher in two phases, batch 1 (config/train/teacher_mini.yaml) then a short
+   fine-tune at batch 4 so BatchNorm's running statistics serve every t (teacher_mini_tune.yaml
+   says why), and a mini refiner (refine_mini.yaml);
 2. the teacher distilled with Distillation-DPO (distill_mini.yaml) and with score distillation
    (score_distill_mini.yaml) for the same number of student steps;
 3. every model scored by `train.py evaluate` on held-out synthetic scenes and on real KITTI frames
    that training never saw (kitti_seq00_0_39 frames 10, 20, 30; training uses frames 0-5):
-   teacher 50 and 8 steps, score distillation 8 steps, Distillation-DPO 8/4/2/1 steps, without
+   teacher 50 and 8 steps (and 8 steps before the batch-4 phase), score distillation 8 steps, Distillation-DPO 8/4/2/1 steps, without
    the refiner (the reference evaluates the diffusion output, `-ur False`);
 4. bench/mini_benchmark.json and .md, and the student + encoder + refiner merged into
    ddpo_ros/weights/mini.safetensors (the weights `make demo` and the node use).
@@ -78,12 +80,13 @@ def drift(teacher: Path, student: Path) -> dict:
     return out
 
 
-def check_teacher(student_out: Path, teacher_step: int) -> None:
-    """A student is distilled from one teacher: refuse to extend it from a teacher trained further since."""
+def check_teacher(student_out: Path, teacher_step: str) -> None:
+    """A run is trained from one teacher (for the batch-4 phase, its phase-1 step; for a student,
+    "phase1+phase2" steps): refuse to extend it from a teacher trained further since."""
     record = student_out / "teacher_step.txt"
-    if record.exists() and int(record.read_text()) != teacher_step:
-        sys.exit(f"{student_out} was distilled from the teacher at step {int(record.read_text())}, but the "
-                 f"teacher is now at step {teacher_step}: delete {student_out} to distil the new teacher")
+    if record.exists() and record.read_text().strip() != str(teacher_step):
+        sys.exit(f"{student_out} was trained from the teacher at step {record.read_text().strip()}, but the "
+                 f"teacher is now at step {teacher_step}: delete {student_out} to train it from the new teacher")
     student_out.mkdir(parents=True, exist_ok=True)
     record.write_text(f"{teacher_step}\n")
 
@@ -99,7 +102,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/mini")
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
-    p.add_argument("--teacher-steps", type=int, default=300)
+    p.add_argument("--teacher-steps", type=int, default=300, help="phase 1, batch 1")
+    p.add_argument("--tune-steps", type=int, default=25, help="phase 2, batch 4 (BatchNorm statistics)")
     p.add_argument("--refine-steps", type=int, default=100)
     p.add_argument("--student-steps", type=int, default=30)
     p.add_argument("--synthetic-scenes", type=int, default=2, help="held-out synthetic scenes scored")
@@ -110,19 +114,24 @@ def main(argv=None) -> int:
     log = out / "log.txt"
     started = time.perf_counter()
 
-    teacher = stage("teacher", "teacher_mini.yaml", out / "teacher", args.teacher_steps, log)
+    phase1 = stage("teacher", "teacher_mini.yaml", out / "teacher", args.teacher_steps, log)
+    check_teacher(out / "teacher_tune", str(steps_done(phase1.parent)))
+    teacher = stage("teacher", "teacher_mini_tune.yaml", out / "teacher_tune", args.tune_steps, log,
+                    "--set", f"teacher.init={phase1}")
     refiner = stage("refine", "refine_mini.yaml", out / "refine", args.refine_steps, log)
     students = {}
     for name in ("distill", "score-distill"):
-        check_teacher(out / name, steps_done(teacher.parent))
+        check_teacher(out / name, f"{steps_done(phase1.parent)}+{steps_done(teacher.parent)}")
         students[name] = stage(name, f"{name.replace('-', '_')}_mini.yaml", out / name, args.student_steps, log,
                                "--set", f"distill.teacher={teacher}")
 
     real = ["--start", "10", "--every", "10", "--cache-dir", str(out / "maps")]
     # Guidance as each model's default (teacher 6, student 3.5), plus the teacher at the students'
     # 3.5: without that control row a student's gain could be the guidance weight alone.
+    # The phase-1 teacher too: what the batch-4 phase changed.
     runs = [("LiDiff teacher", teacher, 50, None), ("LiDiff teacher", teacher, 8, None),
-            ("LiDiff teacher, w 3.5", teacher, 8, 3.5), ("score distillation", students["score-distill"], 8, None)]
+            ("LiDiff teacher, w 3.5", teacher, 8, 3.5), ("LiDiff teacher, batch-1 phase only", phase1, 8, None),
+            ("score distillation", students["score-distill"], 8, None)]
     runs += [("Distillation-DPO", students["distill"], s, None) for s in (8, 4, 2, 1)]
     rows = []
     for label, weights, steps, guidance in runs:
@@ -139,9 +148,11 @@ def main(argv=None) -> int:
         rows.append(row)
 
     drifts = {name: drift(teacher, w) for name, w in students.items()}
-    budgets = {"teacher": args.teacher_steps, "refine": args.refine_steps, "students": args.student_steps}
+    budgets = {"teacher": args.teacher_steps, "teacher_tune": args.tune_steps, "refine": args.refine_steps,
+               "students": args.student_steps}
     seconds = {n: float((out / n / "seconds.txt").read_text())
-               for n in ("teacher", "refine", "distill", "score-distill") if (out / n / "seconds.txt").exists()}
+               for n in ("teacher", "teacher_tune", "refine", "distill", "score-distill")
+               if (out / n / "seconds.txt").exists()}
     from ddpo_ros.bench import machine_facts
     facts = machine_facts("cpu", 0, [])
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
