@@ -7,8 +7,8 @@
    (score_distill_mini.yaml) for the same number of student steps;
 3. every model scored by `train.py evaluate` on held-out synthetic scenes and on real KITTI frames
    that training never saw (kitti_seq00_0_39 frames 10, 20, 30; training uses frames 0-5):
-   teacher 50 and 8 steps (and 8 steps before the batch-4 phase), score distillation 8 steps, Distillation-DPO 8/4/2/1 steps, without
-   the refiner (the reference evaluates the diffusion output, `-ur False`);
+   teacher 50 and 8 steps (and 8 steps before the batch-4 phase), score distillation 8 steps,
+   Distillation-DPO 8/4/2/1 steps, without the refiner (the reference evaluates the diffusion output, `-ur False`);
 4. bench/mini_benchmark.json and .md, and the student + encoder + refiner merged into
    ddpo_ros/weights/mini.safetensors (the weights `make demo` and the node use).
 
