@@ -88,6 +88,10 @@ def _meta_state(role: str, model: ModelConfig) -> dict[str, Tensor]:
         return ROLE_BUILDERS[role](model).state_dict()
 
 
+_UMASK = os.umask(0)  # reading the umask means setting it: once, at import, and put straight back
+os.umask(_UMASK)
+
+
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Write via a temp file in the same directory, fsync, then os.replace: readers never see a
     half-written file and a failed write leaves the old one untouched."""
@@ -95,8 +99,10 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; weights are meant to be shared like any output
         write(tmp)
+        # mkstemp makes 0600 and safetensors recreates the file 0600 too; weights are meant to be
+        # shared like any other output, so give them what the umask allows a new file.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -358,6 +358,7 @@ def test_save_is_atomic_and_validates_roles(tmp_path, nets, monkeypatch):
     save_checkpoint(path, {"teacher": nets["teacher"], "student": nets["teacher"]}, Config(TINY), step=5,
                     extra={"note": "x"})  # one module under two roles: shared memory is fine
     assert os.listdir(tmp_path) == ["w.safetensors"]
+    assert path.stat().st_mode & 0o777 == 0o666 & ~ck._UMASK  # not mkstemp's 0600: weights are shared
     before = path.read_bytes()
     ckpt = load_checkpoint(path)
     assert ckpt.extra == {"note": "x"} and ckpt.step == 5 and ckpt.roles == ("teacher", "student")
