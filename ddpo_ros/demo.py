@@ -45,8 +45,8 @@ def choose_weights(weights, out: Path, log) -> tuple[Path, bool]:
     if weights:
         return Path(weights), True
     if default_weights() is not None:
-        log("NOTE: using the bundled mini-scale weights (width 0.25, 4,000-point scans, trained for about two "
-            "hours on a 2-core CPU on synthetic streets and 6 KITTI frames). They show the trained pipeline "
+        log("NOTE: using the bundled mini-scale weights (width 0.25, 4,000-point scans, trained by make "
+            "mini-benchmark on a 2-core CPU on synthetic streets and 6 KITTI frames). They show the trained pipeline "
             "running; they are not a useful completion model (the README's mini benchmark: completions are "
             "worse than the scan). For paper-scale weights see the README's Training section.")
         return default_weights(), True
