@@ -284,6 +284,32 @@ def test_cuda_request_falls_back_to_cpu_with_a_warning(ros, tiny_weights):
         n.destroy_node()
 
 
+def test_ctrl_c_racing_a_message_take_exits_cleanly(ros, tiny_weights, monkeypatch):
+    """rclpy's SIGINT handler shuts the context down; a message being taken at that moment raises a
+    RuntimeError out of spin (a CI run saw it). That is a clean exit; the same error while the
+    context is still up is not swallowed."""
+    import ddpo_ros.node as node_module
+
+    for key in ("ROS_DOMAIN_ID", "ROS_LOCALHOST_ONLY", "ROS_AUTOMATIC_DISCOVERY_RANGE",
+                "FASTRTPS_DEFAULT_PROFILES_FILE"):
+        if key in ros[2]:
+            monkeypatch.setenv(key, ros[2][key])
+    args = ["completion_node", "--ros-args", "-p", f"weights:={tiny_weights}", "-p", "device:=cpu"]
+
+    def shutdown_then_take(node):
+        rclpy.shutdown()
+        raise RuntimeError("Unable to convert call argument '0' to Python object")
+    monkeypatch.setattr(node_module.rclpy, "spin", shutdown_then_take)
+    assert node_module.main(args) == 0
+
+    def take_fails(node):
+        raise RuntimeError("a real bug")
+    monkeypatch.setattr(node_module.rclpy, "spin", take_fails)
+    with pytest.raises(RuntimeError, match="a real bug"):
+        node_module.main(args)
+    assert not rclpy.ok()  # main shut its context down on the way out
+
+
 def test_node_module_holds_no_math():
     """The node wires ROS to the core: no numpy arithmetic, no torch calls of its own."""
     import ddpo_ros.node as node_module
