@@ -5,11 +5,13 @@ exact FPS), the scan encoder, every CFG denoising step (2 denoiser calls each), 
 the x6 refiner. Three tables:
 
 - steps: seconds per scene at 1/2/4/8/50 steps, mini scale (config/model/mini.yaml, 40k points)
-  and paper scale (config/model/lidiff.yaml, 180k points);
-- shortcuts: each exact shortcut of the pipeline turned off alone, and all off (LiDiff's
+  and paper scale (config/model/lidiff.yaml, 180k points), in fp32 and in bf16
+  (`completion.precision`: bfloat16 convolutions, an approximation);
+- shortcuts (fp32): each exact shortcut of the pipeline turned off alone, and all off (LiDiff's
   straightforward evaluation: encoder twice per step, separate branches, per-voxel MLPs,
-  all-pairs 1-NN), on 2-step scenes, and all off vs all on for an 8-step scene;
-- scaling: an 8-step paper-scale scene at 20k/50k/180k/360k points.
+  all-pairs 1-NN, unfolded BatchNorm), on 2-step scenes, and all off vs all on for an 8-step
+  scene; also glibc's default allocator (freed memory returned, see ddpo_ros/allocator.py);
+- scaling: an 8-step paper-scale scene at 20k/50k/180k/360k points, both precisions.
 
 Weights: with --weights, the real model and its own trajectory. Without (no trained paper-scale
 weights here), seeded random weights, and the sampler is steered by the oracle noise
@@ -35,8 +37,9 @@ import torch
 from .bench import REPO, _spawn, machine_facts, measure_once, memory, write_results
 
 SCALES = {"mini": "config/model/mini.yaml", "paper": "config/model/lidiff.yaml"}
-SHORTCUTS = ("encoder_once", "shared_branches", "grouped_mlps", "lattice_match")
-KEYS = ("scale", "n_points")
+SHORTCUTS = ("encoder_once", "shared_branches", "grouped_mlps", "lattice_match", "fold_batchnorm")
+PRECISIONS = ("fp32", "bf16")
+KEYS = ("scale", "n_points", "precision", "retain")
 WORKER_TIMEOUT_S = 4 * 3600  # a paper-scale 50-step scene alone is ~15 min on 2 CPU cores
 
 
@@ -82,7 +85,8 @@ def build_completer(spec: dict):
         nets = build_encoder(cfg.model), build_denoiser(cfg.model), build_refiner(cfg.model)
         comp = Completer(*nets, cfg, kind="student", device=spec["device"])
     reps = cfg.completion.replication
-    comp.config = replace(cfg, completion=replace(cfg.completion, num_points=spec["n_points"] // reps))
+    comp.config = replace(cfg, completion=replace(cfg.completion, num_points=spec["n_points"] // reps,
+                                                  precision=spec["precision"]))
     if not spec.get("weights"):
         partial, _ = comp.preprocess(scan)
         x_init = torch.from_numpy(partial).to(comp.device)[None].repeat(1, reps, 1)
@@ -92,8 +96,11 @@ def build_completer(spec: dict):
 
 def run_worker(spec: dict) -> list[dict]:
     """All cases of one scale and point count, in this process, after a 1-step warm-up."""
+    from .allocator import retain_freed_memory
     from .pipeline import Shortcuts
     torch.set_num_threads(spec["threads"])
+    if spec["retain"]:
+        retain_freed_memory()
     comp, scan = build_completer(spec)
     comp.complete(scan, steps=1, seed=0)
     records = []
@@ -113,23 +120,28 @@ def run_worker(spec: dict) -> list[dict]:
     return records
 
 
-def plan(scales, points_paper, steps, scaling, points_mini: int = 40000) -> list[dict]:
-    """The worker specs of a full run: per scale the steps sweep, then the shortcut cases (a
-    separate process each, so one failure loses less), then the point-count scaling."""
+def plan(scales, points_paper, steps, scaling, points_mini: int = 40000, precisions=PRECISIONS) -> list[dict]:
+    """The worker specs of a full run: per scale the steps sweep in each precision, then the
+    fp32 shortcut cases (a process each group, so one failure loses less), then the paper-scale
+    point-count scaling. Every worker but the "glibc default" one retains freed memory."""
     on = dict.fromkeys(SHORTCUTS, True)
     off = dict.fromkeys(SHORTCUTS, False)
     sweep = [{"steps": s, "shortcuts": on, "case": "steps"} for s in steps]
     workers = []
     for scale in scales:
         n = points_paper if scale == "paper" else points_mini
+        base = {"scale": scale, "n_points": n, "precision": "fp32", "retain": True}
         cases = [{"steps": 8 if 8 in steps else steps[-1], "shortcuts": off, "case": "straightforward"}]
         if scale == "paper":
             cases += [{"steps": 2, "shortcuts": {**on, k: False}, "case": f"no {k}"} for k in SHORTCUTS]
             cases += [{"steps": 2, "shortcuts": off, "case": "none"}]
-        workers += [{"scale": scale, "n_points": n, "cases": sweep}, {"scale": scale, "n_points": n, "cases": cases}]
+        workers += [{**base, "precision": p, "cases": sweep} for p in precisions]
+        workers += [{**base, "cases": cases}]
         if scale == "paper":
-            workers += [{"scale": scale, "n_points": m, "cases": [{"steps": 8, "shortcuts": on, "case": "scaling"}]}
-                        for m in scaling if m != n]
+            workers += [{**base, "retain": False, "cases": [{"steps": 2, "shortcuts": on, "case": "glibc default"}]}]
+            scale8 = [{"steps": 8, "shortcuts": on, "case": "scaling"}]
+            workers += [{**base, "n_points": m, "precision": p, "cases": scale8}
+                        for p in precisions for m in scaling if m != n]
     return workers
 
 
@@ -138,39 +150,47 @@ def markdown(doc: dict) -> str:
     head = (f"{m['device']}: {m['gpu'] or m['cpu']}, {m['cores']} cores; torch {m['torch']}, {m['threads']} threads; "
             f"{m['date']}. One scene each after a 1-step warm-up; KITTI seq 00 frame 0; "
             f"trajectory: {rs[0]['trajectory'] if rs else '?'}; peak MiB = the process's peak RSS during the scene "
-            "(CPU) or torch.cuda.max_memory_allocated (CUDA), weights included.")
+            "(CPU) or torch.cuda.max_memory_allocated (CUDA), weights included. fp32 is exact; bf16 "
+            "(bfloat16 convolutions) is an approximation.")
+    steps = doc["settings"]["steps"]
     lines = [head, "", "Seconds per scene (CFG: 2 denoiser calls per step; refine on):", "",
-             "| scale | width | points | " + " | ".join(f"{s} steps" for s in doc["settings"]["steps"])
-             + " | peak MiB (8 steps) |", "|---|---:|---:|" + "---:|" * (len(doc["settings"]["steps"]) + 1)]
+             "| scale | width | points | precision | " + " | ".join(f"{s} steps" for s in steps)
+             + " | peak MiB (8 steps) |", "|---|---:|---:|---|" + "---:|" * (len(steps) + 1)]
     for scale in doc["settings"]["scales"]:
-        sweep = {r["steps"]: r for r in rs if r["scale"] == scale and r["case"] == "steps"}
-        if sweep:
-            any_r = next(iter(sweep.values()))
-            peak = sweep.get(8, any_r)["peak_mem_bytes"] / 2**20
-            lines.append(f"| {scale} | {any_r['width']} | {any_r['n_points']:,} | "
-                         + " | ".join(f"{sweep[s]['seconds']:.1f}" if s in sweep else "—"
-                                      for s in doc["settings"]["steps"]) + f" | {peak:.0f} |")
-    short = [r for r in rs if r["case"] in ("straightforward",) or r["case"].startswith("no ")
-             or r["case"] == "none" or (r["case"] == "steps" and r["steps"] in (2, 8))]
+        for precision in PRECISIONS:
+            sweep = {r["steps"]: r for r in rs if r["scale"] == scale and r["case"] == "steps"
+                     and r["precision"] == precision}
+            if sweep:
+                any_r = next(iter(sweep.values()))
+                peak = sweep.get(8, any_r)["peak_mem_bytes"] / 2**20
+                lines.append(f"| {scale} | {any_r['width']} | {any_r['n_points']:,} | {precision} | "
+                             + " | ".join(f"{sweep[s]['seconds']:.1f}" if s in sweep else "—" for s in steps)
+                             + f" | {peak:.0f} |")
+    short = [r for r in rs if r["case"] in ("straightforward", "none", "glibc default") or r["case"].startswith("no ")
+             or (r["case"] == "steps" and r["steps"] in (2, 8) and r["precision"] == "fp32")]
     if short:
-        lines += ["", "Exact shortcuts (same outputs; see ddpo_ros/pipeline.py):", "",
+        lines += ["", "Exact shortcuts, fp32 (same outputs to float rounding; see ddpo_ros/pipeline.py):", "",
                   "| scale | steps | shortcuts | s / scene | denoising s / step | encoder s | peak MiB |",
                   "|---|---:|---|---:|---:|---:|---:|"]
         for r in short:
-            label = {"steps": "all on", "straightforward": "all off (LiDiff's way)", "none": "all off"}.get(
+            label = {"steps": "all on", "straightforward": "all off (LiDiff's way)", "none": "all off",
+                     "glibc default": "all on, glibc frees memory (not retained)"}.get(
                 r["case"], r["case"].replace("no ", "off: "))
             lines.append(f"| {r['scale']} | {r['steps']} | {label} | {r['seconds']:.1f} | "
                          f"{np.mean(r['step_s']):.2f} | {r['stages'].get('encoder', 0):.2f} | "
                          f"{r['peak_mem_bytes'] / 2**20:.0f} |")
-    scaling = sorted((r for r in rs if r["scale"] == "paper" and r["steps"] == 8 and r["case"] in ("steps", "scaling")),
-                     key=lambda r: r["n_points"])
+    scaling = {(r["n_points"], r["precision"]): r for r in rs
+               if r["scale"] == "paper" and r["steps"] == 8 and r["case"] in ("steps", "scaling")}
     if scaling:
         lines += ["", "Scaling with point count (paper scale, 8 steps):", "",
-                  "| points | s / scene | s / step | refine s | peak MiB |", "|---:|---:|---:|---:|---:|"]
-        lines += [f"| {r['n_points']:,} | {r['seconds']:.1f} | {np.mean(r['step_s']):.2f} | "
-                  f"{r['stages'].get('refine', 0):.2f} | {r['peak_mem_bytes'] / 2**20:.0f} |" for r in scaling]
+                  "| points | precision | s / scene | s / step | refine s | peak MiB |",
+                  "|---:|---|---:|---:|---:|---:|"]
+        lines += [f"| {n:,} | {p} | {r['seconds']:.1f} | {np.mean(r['step_s']):.2f} | "
+                  f"{r['stages'].get('refine', 0):.2f} | {r['peak_mem_bytes'] / 2**20:.0f} |"
+                  for (n, p), r in sorted(scaling.items(), key=lambda kv: (kv[0][0], PRECISIONS.index(kv[0][1])))]
     errors = [r for r in doc["results"] if "error" in r]
-    lines += [f"\nerror in {r['scale']} {r['n_points']}: {r['error'].splitlines()[-1]}" for r in errors]
+    lines += [f"\nerror in {r['scale']} {r['n_points']} {r.get('precision', '')}: {r['error'].splitlines()[-1]}"
+              for r in errors]
     return "\n".join(lines) + "\n"
 
 

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-refine", action="store_true", help="skip the x6 refinement net")
     p.add_argument("--seed", type=int, default=None, help="noise seed (default: fresh noise per scan)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1")
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16"],
+                   help="bf16: bfloat16 convolutions, ~3x faster on AMX CPUs and GPUs, approximate "
+                        "(default: the weights' completion.precision, fp32)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--format", default=".ply", choices=[".ply", ".bin", ".pcd", ".npy"],
                    help="output format when -o is a folder")
@@ -135,7 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .allocator import retain_freed_memory
+
     args = build_parser().parse_args(argv)
+    retain_freed_memory()  # large tensors reuse freed pages instead of faulting in fresh ones
     return int(args.func(args) or 0)
 
 

@@ -217,6 +217,9 @@ def main(args=None) -> int:
     from rclpy.exceptions import ParameterException
     from rclpy.executors import ExternalShutdownException
 
+    from .allocator import retain_freed_memory
+
+    retain_freed_memory()  # before threads start
     rclpy.init(args=args)
     node = None
     try:
@@ -225,9 +228,8 @@ def main(args=None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except RuntimeError:
-        # Ctrl-C shuts the context down from rclpy's signal handler; a message the executor was
-        # taking at that moment surfaces as a RuntimeError from take_message (seen in CI). After
-        # shutdown that is the requested exit, not a failure; while the context is up it is a bug.
+        # Ctrl-C shuts the context down from rclpy's signal handler; a message being taken then
+        # raises RuntimeError from take_message (seen in CI): the requested exit, not a failure.
         if rclpy.ok():
             raise
     except (ValueError, OSError, ParameterException) as err:  # bad parameters or weights: say which, exit 1

@@ -39,20 +39,33 @@ def output_paths(files: list[Path], out: Path, suffix: str = ".ply") -> list[Pat
     return [out / f"{s}{suffix}" for s in stems]
 
 
+def load_completer(args):
+    """The Completer of `ddpo complete`: the weights' settings, with --precision applied."""
+    from dataclasses import replace
+
+    from .pipeline import Completer
+
+    completer = Completer.from_checkpoint(args.weights, device=args.device)
+    if args.precision:
+        cfg = completer.config
+        completer.config = replace(cfg, completion=replace(cfg.completion, precision=args.precision))
+    return completer
+
+
 def complete_cli(args) -> int:
     import torch
     from tqdm import tqdm
 
     from .bags import is_bag
     from .cloud_files import read_cloud, write_cloud
-    from .pipeline import Completer, stage_table
+    from .pipeline import stage_table
 
     if any(is_bag(p) for p in args.inputs):
         return complete_bag_cli(args)
     try:
         files = expand_inputs(args.inputs)
         outs = output_paths(files, Path(args.output), args.format)
-        completer = Completer.from_checkpoint(args.weights, device=args.device)
+        completer = load_completer(args)
     except (FileNotFoundError, ValueError) as err:
         print(f"ddpo complete: {err}", file=sys.stderr)
         return 2
@@ -100,7 +113,6 @@ def complete_bag_cli(args) -> int:
     from rosbags.highlevel import AnyReaderError
 
     from .bag_complete import complete_bag
-    from .pipeline import Completer
 
     if len(args.inputs) != 1:
         print(f"ddpo complete: a rosbag2 input must be the only input, got {len(args.inputs)}", file=sys.stderr)
@@ -110,7 +122,7 @@ def complete_bag_cli(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        completer = Completer.from_checkpoint(args.weights, device=args.device)
+        completer = load_completer(args)
         summary = complete_bag(args.inputs[0], args.output, completer, topic=args.topic,
                                out_topic=args.out_topic, storage=args.storage, steps=args.steps,
                                refine=False if args.no_refine else None, guidance_scale=args.guidance,

@@ -13,7 +13,9 @@ LiDiff's `diff_completion_pipeline.py` step by step (reference section 2):
 Work that depends only on the scan is done once per scene, not once per network call: the
 scan encoder runs once for the condition, and the unconditional encoding (of a constant cloud)
 once per Completer; the two guidance branches share the voxelisation, the stem and the kernel
-maps of x_t. `Shortcuts` turns each of these off for benchmarks; outputs stay equal.
+maps of x_t; every BatchNorm is folded into the convolution before it. `Shortcuts` turns each
+of these off for benchmarks; outputs stay equal (to float rounding). `completion.precision: bf16`
+is not a shortcut but an approximation: bfloat16 convolutions in the denoiser and refiner.
 """
 from __future__ import annotations
 
@@ -41,10 +43,11 @@ class Shortcuts:
     shared_branches: bool = True   # cond/uncond share voxelisation, stem and kernel maps of x_t
     grouped_mlps: bool = True      # conditioning MLPs on encoder voxels, then gathered
     lattice_match: bool = True     # 1-NN to encoder voxels by lattice rings, not all pairs
+    fold_batchnorm: bool = True    # eval-mode BatchNorm folded into the convolution before it
 
     @classmethod
     def none(cls) -> "Shortcuts":
-        return cls(False, False, False, False)
+        return cls(False, False, False, False, False)
 
 
 @dataclass
@@ -126,6 +129,7 @@ class Completer:
         self.schedule = schedule_from_config(config.diffusion)
         self.shortcuts = shortcuts or Shortcuts()
         self._uncond = None  # encoder output of the all-zero scan (a constant)
+        self._inference = (None, {})  # (what they were built for, the networks the stages run)
 
     @classmethod
     def from_checkpoint(cls, path, device: str | torch.device = "cpu", completion: CompletionConfig | None = None,
@@ -148,8 +152,30 @@ class Completer:
                    **kwargs)
 
     def clear_cache(self) -> None:
-        """Forget the cached unconditional encoding (call it after changing the encoder's weights)."""
+        """Forget the unconditional encoding and the folded networks (call it after changing weights)."""
         self._uncond = None
+        self._inference = (None, {})
+
+    def _nets(self) -> dict:
+        """The networks the stages run: BatchNorm-folded copies (in `completion.precision`), or
+        the given modules themselves with `fold_batchnorm` off. Built on first use and again
+        whenever the modules, the shortcut or the precision change."""
+        precision = self.config.completion.precision
+        given = {"encoder": self.encoder, "denoiser": self.denoiser, "refiner": self.refiner}
+        key = (self.shortcuts.fold_batchnorm, precision, *map(id, given.values()))
+        if self._inference[0] != key:
+            if not self.shortcuts.fold_batchnorm and precision != "fp32":
+                raise ValueError(f"completion.precision {precision!r} needs the fold_batchnorm shortcut")
+            nets = given
+            if self.shortcuts.fold_batchnorm:
+                from .sparse.fused import fuse_for_inference
+                # The encoder runs once per scene: it stays float32 whatever the precision.
+                nets = {name: None if net is None else
+                        fuse_for_inference(net, "fp32" if name == "encoder" else precision)
+                        for name, net in given.items()}
+            self._inference = (key, nets)
+            self._uncond = None
+        return self._inference[1]
 
     # -- settings ---------------------------------------------------------------------------
     @property
@@ -185,7 +211,7 @@ class Completer:
         return partial, counts
 
     def _encode(self, partial: Tensor):
-        return self.encoder(partial)
+        return self._nets()["encoder"](partial)
 
     def _uncond_encoding(self, partial: Tensor):
         """LiDiff's unconditional input: the all-zero scan. Its encoding never changes."""
@@ -197,7 +223,7 @@ class Completer:
 
     def _denoise_fn(self, x_init: Tensor, partial: Tensor, guidance: float):
         """eps(offset, t) with classifier-free guidance; the state is the offset from x_init."""
-        den, sc = self.denoiser, self.shortcuts
+        den, sc = self._nets()["denoiser"], self.shortcuts
         den.per_voxel_mlps, den.brute_force_match = not sc.grouped_mlps, not sc.lattice_match
         cond = self._encode(partial) if sc.encoder_once else None
         uncond = self._uncond_encoding(partial) if sc.encoder_once and guidance != 1.0 else None
@@ -226,7 +252,7 @@ class Completer:
 
     def refine(self, coarse: Tensor) -> Tensor:
         """The refinement net's offsets: each point becomes refine_up_factor points."""
-        offsets = self.refiner(coarse[None])[0]  # (K, up, 3)
+        offsets = self._nets()["refiner"](coarse[None])[0]  # (K, up, 3)
         return (coarse[:, None, :] + offsets).reshape(-1, 3)
 
     # -- the whole scene ----------------------------------------------------------------------

@@ -55,9 +55,15 @@ def test_bench_scene_tiny(tmp_path, monkeypatch, capsys):
     doc = json.loads(out.read_text())
     rs = doc["results"]
     assert all("error" not in r for r in rs), rs
-    cases = [(r["scale"], r["n_points"], r["case"], r["steps"]) for r in rs]
-    assert cases[:3] == [("mini", 2000, "steps", 1), ("mini", 2000, "steps", 2), ("mini", 2000, "straightforward", 2)]
-    assert ("paper", 3000, "no grouped_mlps", 2) in cases and ("paper", 2000, "scaling", 8) in cases
+    cases = [(r["scale"], r["n_points"], r["precision"], r["case"], r["steps"]) for r in rs]
+    assert cases[:5] == [("mini", 2000, "fp32", "steps", 1), ("mini", 2000, "fp32", "steps", 2),
+                         ("mini", 2000, "bf16", "steps", 1), ("mini", 2000, "bf16", "steps", 2),
+                         ("mini", 2000, "fp32", "straightforward", 2)]
+    assert ("paper", 3000, "fp32", "no grouped_mlps", 2) in cases
+    assert ("paper", 3000, "fp32", "no fold_batchnorm", 2) in cases
+    assert ("paper", 2000, "fp32", "scaling", 8) in cases and ("paper", 2000, "bf16", "scaling", 8) in cases
+    assert [r["retain"] for r in rs if r["case"] == "glibc default"] == [False]
+    assert all(r["retain"] for r in rs if r["case"] != "glibc default")
     for r in rs:
         assert len(r["step_s"]) == r["steps"] and r["denoiser_calls"] == 2 * r["steps"]
         assert r["trajectory"] == "oracle-steered" and r["peak_mem_bytes"] > 0
@@ -65,7 +71,8 @@ def test_bench_scene_tiny(tmp_path, monkeypatch, capsys):
         # Oracle steering keeps the points on the scan: the crop keeps nearly all of them.
         assert r["counts"]["coarse"] > 0.9 * r["n_points"]
     table = out.with_suffix(".md").read_text()
-    assert "| mini | 0.125 | 2,000 |" in table and "all off (LiDiff's way)" in table and "| 3,000 |" in table
+    assert "| mini | 0.125 | 2,000 | fp32 |" in table and "| mini | 0.125 | 2,000 | bf16 |" in table
+    assert "all off (LiDiff's way)" in table and "| 3,000 | bf16 |" in table and "glibc frees memory" in table
     assert table in capsys.readouterr().out
 
 

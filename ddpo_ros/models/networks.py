@@ -89,6 +89,7 @@ class MinkUNetDiff(nn.Module):
             time = getattr(self, f"{name}_temp")(emb)[match.batch]
         # LiDiff concatenates [time, cond] at up1 and [cond, time] everywhere else.
         fused = getattr(self, f"latemp_{name}")(torch.cat((time, cond) if name == "up1" else (cond, time), dim=1))
+        fused = fused.to(x.F.dtype)  # bfloat16 features under fuse_for_inference(precision='bf16')
         return fused if self.per_voxel_mlps else fused[rows]
 
     def forward(self, x_t: Tensor, cond, t: Tensor) -> Tensor:
@@ -119,7 +120,7 @@ class MinkUNetDiff(nn.Module):
             deconv, blocks = getattr(self, f"up{k}")
             up = deconv(x * self._modulation(f"up{k}", x, match, emb))
             x = blocks(self.sp.cat(up, skips.pop()))
-        return self.last(self.sp.slice(x, field))
+        return self.last(self.sp.slice(x, field).to(self.last[0].weight.dtype))
 
 
 class MinkUNet(nn.Module):
@@ -148,4 +149,4 @@ class MinkUNet(nn.Module):
             deconv, blocks = getattr(self, f"up{k}")
             x = blocks(self.sp.cat(deconv(x), skips.pop()))
         b, n, _ = points.shape
-        return self.last(self.sp.slice(x, field)).reshape(b, n, self.up_factor, 3)
+        return self.last(self.sp.slice(x, field).to(self.last[0].weight.dtype)).reshape(b, n, self.up_factor, 3)

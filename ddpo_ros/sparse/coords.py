@@ -198,9 +198,13 @@ class CoordinateSet:
                 hit = found >= 0
                 out_rows, in_rows = rows[hit], found[hit]
                 inputs[k], outputs[k] = in_rows, out_rows
-                # Submanifold maps are symmetric: o + d = i  <=>  i - d = o.
+                # Submanifold maps are symmetric: o + d = i  <=>  i - d = o. The mirrored pairs
+                # are put in output order, as every slice's are: the convolution's scatter then
+                # walks the output rows forwards (~2x faster than in random order), and since a
+                # slice holds each output row once, the sums are the same.
                 mirror = index[(-off[0], -off[1], -off[2])]
-                inputs[mirror], outputs[mirror] = out_rows, in_rows
+                by_out = torch.argsort(in_rows)
+                inputs[mirror], outputs[mirror] = out_rows[by_out], in_rows[by_out]
             self._kernel_maps[cache_key] = KernelMap(inputs, outputs, len(self),
                                                      identity=index[(0, 0, 0)])
         return self._kernel_maps[cache_key]

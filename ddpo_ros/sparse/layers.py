@@ -45,13 +45,13 @@ def _chunk_rows(channels: int) -> int:
     return max(256, CHUNK_ELEMENTS // max(1, channels))
 
 
-def _apply(features: Tensor, kernel: Tensor, kmap: KernelMap) -> Tensor:
-    """out[o] = sum_k sum_{(i, o) in map_k} features[i] @ kernel[k], kernel (K, C_in, C_out)."""
+def _apply(features: Tensor, kernel: Tensor, kmap: KernelMap, bias: Tensor | None = None) -> Tensor:
+    """out[o] = bias + sum_k sum_{(i, o) in map_k} features[i] @ kernel[k], kernel (K, C_in, C_out)."""
     c_in, c_out = kernel.shape[1], kernel.shape[2]
     if kmap.identity is not None:
-        out = features @ kernel[kmap.identity]
+        out = features @ kernel[kmap.identity] if bias is None else torch.addmm(bias, features, kernel[kmap.identity])
     else:
-        out = features.new_zeros(kmap.n_out, c_out)
+        out = features.new_zeros(kmap.n_out, c_out) if bias is None else bias.expand(kmap.n_out, c_out).clone()
     max_rows = _chunk_rows(max(c_in, c_out))
     for rows_in, rows_out, slices in kmap.chunks(max_rows):
         n = len(rows_in)
@@ -102,7 +102,25 @@ def apply_kernel_map(features: Tensor, kernel: Tensor, kmap: KernelMap) -> Tenso
     return _SparseConv.apply(features, kernel[None] if kernel.ndim == 2 else kernel, kmap)
 
 
+def conv_target(x: SparseTensor, kernel_size: int, stride: int, transposed: bool = False):
+    """(output coordinates, kernel map) of a convolution of x, as MinkowskiEngine defines them:
+    submanifold at stride 1, k == stride down-sampling, or the transposed map back onto the
+    finer coordinates x was strided from."""
+    if not transposed:
+        if stride == 1:
+            return x.coordinates, x.coordinates.submanifold_map(kernel_size)
+        return x.coordinates.strided_map(kernel_size, stride)
+    fine = x.coordinates.finer
+    if fine is None or fine.stride * stride != x.tensor_stride:
+        raise ValueError("transposed convolution needs a tensor made by a stride-"
+                         f"{stride} convolution (input stride {x.tensor_stride})")
+    _, kmap = fine.strided_map(kernel_size, stride)
+    return fine, kmap.transposed(len(fine))
+
+
 class _KernelLayer(nn.Module):
+    transposed = False
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int):
         super().__init__()
         if stride not in (1, kernel_size):
@@ -124,33 +142,24 @@ class _KernelLayer(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
 
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        coords, kmap = conv_target(x, self.kernel_size, self.stride, self.transposed)
+        return SparseTensor(apply_kernel_map(x.F, self.kernel, kmap), coords)
+
 
 class Conv(_KernelLayer):
     """MinkowskiConvolution without bias: submanifold at stride 1, k == stride down-sampling."""
-
-    def forward(self, x: SparseTensor) -> SparseTensor:
-        if self.stride == 1:
-            kmap = x.coordinates.submanifold_map(self.kernel_size)
-            return x.replace(apply_kernel_map(x.F, self.kernel, kmap))
-        coarse, kmap = x.coordinates.strided_map(self.kernel_size, self.stride)
-        return SparseTensor(apply_kernel_map(x.F, self.kernel, kmap), coarse)
 
 
 class ConvTranspose(_KernelLayer):
     """MinkowskiConvolutionTranspose (k == stride): writes back onto the finer coordinates."""
 
+    transposed = True
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int):
         if stride == 1 or kernel_size != stride:
             raise NotImplementedError("transposed convolutions need kernel_size == stride > 1")
         super().__init__(in_channels, out_channels, kernel_size, stride)
-
-    def forward(self, x: SparseTensor) -> SparseTensor:
-        fine = x.coordinates.finer
-        if fine is None or fine.stride * self.stride != x.tensor_stride:
-            raise ValueError("transposed convolution needs a tensor made by a stride-"
-                             f"{self.stride} convolution (input stride {x.tensor_stride})")
-        _, kmap = fine.strided_map(self.kernel_size, self.stride)
-        return SparseTensor(apply_kernel_map(x.F, self.kernel, kmap.transposed(len(fine))), fine)
 
 
 class BatchNorm(nn.Module):
