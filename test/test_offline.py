@@ -52,6 +52,19 @@ def test_one_scan_to_ply_with_timings(weights, scans, tmp_path, capsys):
     assert rc == 0 and np.array_equal(read_cloud(tmp_path / "again.ply"), done)
 
 
+def test_precision_flag_runs_bf16_close_to_fp32(weights, scans, tmp_path):
+    """--precision bf16 overrides the weights' completion.precision: same noise, nearby scene."""
+    outs = {}
+    for precision in ("fp32", "bf16"):
+        outs[precision] = tmp_path / f"{precision}.ply"
+        assert main(["complete", str(scans / "000000.bin"), "-o", str(outs[precision]), "--weights", str(weights),
+                     "--steps", "1", "--seed", "0", "--no-refine", "--precision", precision]) == 0
+    a, b = read_cloud(outs["fp32"]), read_cloud(outs["bf16"])
+    assert not np.array_equal(a, b) and abs(len(a) - len(b)) <= 0.01 * len(a)
+    n = min(len(a), len(b))
+    assert np.median(np.linalg.norm(a[:n] - b[:n], axis=1)) < 0.05
+
+
 def test_folder_in_folder_out_skips_bad_scans(weights, scans, tmp_path, capsys):
     rc = main(["complete", str(scans), "-o", str(tmp_path / "out"), "--weights", str(weights),
                "--steps", "1", "--no-refine", "--format", ".bin", "--png"])

@@ -36,7 +36,9 @@ def settings_of(args, completer) -> dict:
             "steps": args.steps or completer.default_steps, "refine": not args.no_refine,
             "guidance_scale": completer.default_guidance if args.guidance is None else args.guidance,
             "seed": args.seed, "num_points": completer.config.completion.num_points,
-            "replication": completer.config.completion.replication}
+            "replication": completer.config.completion.replication,
+            # Only when not the default, so results made before the setting existed still resume.
+            **({"precision": precision} if (precision := completer.config.completion.precision) != "fp32" else {})}
 
 
 def scans_of(args) -> list[tuple[str, Callable[[], tuple[np.ndarray, np.ndarray]]]]:
@@ -117,10 +119,10 @@ def table(summary: dict) -> str:
 
 
 def evaluate(args) -> int:
-    from ddpo_ros.pipeline import Completer
+    from ddpo_ros.offline import load_completer
     from ddpo_ros.render import render_clouds
 
-    completer = Completer.from_checkpoint(args.weights, device=args.device)
+    completer = load_completer(args)
     settings = settings_of(args, completer)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -80,7 +80,10 @@ class MinkUNetDiff(nn.Module):
         time embedding), so the MLPs run on the few encoder voxels and the result is gathered:
         the same numbers as LiDiff's per-voxel evaluation at a fraction of the cost.
         """
-        rows = match(x)
+        # One encoder voxel (the unconditional branch's all-zero scan): every voxel matches it, so
+        # w_s is one row, broadcast below instead of searched and gathered.
+        single = len(match.features) == 1 and not self.per_voxel_mlps
+        rows = None if single else match(x)
         if self.per_voxel_mlps:  # LiDiff's order: gather first, then the MLPs on every voxel
             cond = getattr(self, f"latent_{name}")(match.features[rows])
             time = getattr(self, f"{name}_temp")(emb)[match.batch[rows]]
@@ -90,6 +93,8 @@ class MinkUNetDiff(nn.Module):
         # LiDiff concatenates [time, cond] at up1 and [cond, time] everywhere else.
         fused = getattr(self, f"latemp_{name}")(torch.cat((time, cond) if name == "up1" else (cond, time), dim=1))
         fused = fused.to(x.F.dtype)  # bfloat16 features under fuse_for_inference(precision='bf16')
+        if single:
+            return fused.expand(x.F.shape[0], -1)
         return fused if self.per_voxel_mlps else fused[rows]
 
     def forward(self, x_t: Tensor, cond, t: Tensor) -> Tensor:
