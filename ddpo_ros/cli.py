@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="noise seed (default: fresh noise per scan)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1")
     p.add_argument("--precision", default=None, choices=["fp32", "bf16"],
-                   help="bf16: bfloat16 convolutions, ~3x faster on AMX CPUs and GPUs, approximate "
+                   help="bf16: bfloat16 convolutions, ~2x faster at paper width on AMX CPUs, approximate "
                         "(default: the weights' completion.precision, fp32)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--format", default=".ply", choices=[".ply", ".bin", ".pcd", ".npy"],

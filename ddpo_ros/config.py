@@ -78,8 +78,8 @@ class CompletionConfig:
     sampler: Literal["sde-dpmsolver++", "dpmsolver++", "ddpm"] = "sde-dpmsolver++"
     final_sigma: Literal["sigma_min", "zero"] = "sigma_min"  # sigma_min: end at t = 0 as the reference
     seed: int | None = None               # None: fresh noise every scene
-    # bf16: bfloat16 convolutions in the denoiser and refiner (AMX CPUs, GPUs): ~3x faster on a
-    # Sapphire Rapids CPU, an approximation of fp32 measured in the README's benchmarks.
+    # bf16: bfloat16 convolutions in the denoiser and refiner (AMX CPUs, GPUs): ~2x faster at
+    # paper width on an AMX CPU (not at mini width), an approximation of fp32; both measured in the README.
     precision: Literal["fp32", "bf16"] = "fp32"
 
     def __post_init__(self):
