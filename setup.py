@@ -31,7 +31,7 @@ setup(
     version="0.1.0",
     description="Online LiDAR scene completion for ROS 2 with a Distillation-DPO diffusion student",
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
-    package_data={PACKAGE: ["weights/*.safetensors"]},
+    package_data={PACKAGE: ["weights/*.safetensors", "sparse/*.cpp"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

@@ -10,7 +10,9 @@ the x6 refiner. Three tables:
 - shortcuts (fp32): each exact shortcut of the pipeline turned off alone, and all off (LiDiff's
   straightforward evaluation: encoder twice per step, separate branches, per-voxel MLPs,
   all-pairs 1-NN, unfolded BatchNorm), on 2-step scenes, and all off vs all on for an 8-step
-  scene; also glibc's default allocator (freed memory returned, see ddpo_ros/allocator.py);
+  scene; also glibc's default allocator (freed memory returned, see ddpo_ros/allocator.py) and
+  the plain-torch twins of the compiled kernels (DDPO_NATIVE=0, see ddpo_ros/sparse/native.py),
+  the latter in bf16 at 8 steps too;
 - scaling: an 8-step paper-scale scene at 20k/50k/180k/360k points, both precisions.
 
 Weights: with --weights, the real model and its own trajectory. Without (no trained paper-scale
@@ -39,7 +41,7 @@ from .bench import REPO, _spawn, machine_facts, measure_once, memory, write_resu
 SCALES = {"mini": "config/model/mini.yaml", "paper": "config/model/lidiff.yaml"}
 SHORTCUTS = ("encoder_once", "shared_branches", "grouped_mlps", "lattice_match", "fold_batchnorm")
 PRECISIONS = ("fp32", "bf16")
-KEYS = ("scale", "n_points", "precision", "retain")
+KEYS = ("scale", "n_points", "precision", "retain", "native")
 WORKER_TIMEOUT_S = 4 * 3600  # a paper-scale 50-step scene alone is ~15 min on 2 CPU cores
 
 
@@ -98,9 +100,12 @@ def run_worker(spec: dict) -> list[dict]:
     """All cases of one scale and point count, in this process, after a 1-step warm-up."""
     from .allocator import retain_freed_memory
     from .pipeline import Shortcuts
+    from .sparse import native
     torch.set_num_threads(spec["threads"])
     if spec["retain"]:
         retain_freed_memory()
+    os.environ["DDPO_NATIVE"] = "1" if spec.get("native", True) else "0"
+    kernels = native.status()
     comp, scan = build_completer(spec)
     comp.complete(scan, steps=1, seed=0)
     records = []
@@ -115,7 +120,7 @@ def run_worker(spec: dict) -> list[dict]:
         records.append({**{k: spec[k] for k in KEYS}, **case, "seconds": seconds, "step_s": steps,
                         "stages": out.timings, "counts": out.counts, "peak_mem_bytes": peak, "mem_growth_bytes": grown,
                         "denoiser_calls": len(steps) * (2 if out.guidance_scale != 1 else 1),
-                        "width": comp.config.model.width,
+                        "width": comp.config.model.width, "kernels": kernels,
                         "trajectory": "model" if spec.get("weights") else "oracle-steered"})
     return records
 
@@ -123,14 +128,15 @@ def run_worker(spec: dict) -> list[dict]:
 def plan(scales, points_paper, steps, scaling, points_mini: int = 40000, precisions=PRECISIONS) -> list[dict]:
     """The worker specs of a full run: per scale the steps sweep in each precision, then the
     fp32 shortcut cases (a process each group, so one failure loses less), then the paper-scale
-    point-count scaling. Every worker but the "glibc default" one retains freed memory."""
+    point-count scaling. Every worker but the "glibc default" one retains freed memory, and every
+    worker but the "no native kernels" ones uses the compiled kernels where they build."""
     on = dict.fromkeys(SHORTCUTS, True)
     off = dict.fromkeys(SHORTCUTS, False)
     sweep = [{"steps": s, "shortcuts": on, "case": "steps"} for s in steps]
     workers = []
     for scale in scales:
         n = points_paper if scale == "paper" else points_mini
-        base = {"scale": scale, "n_points": n, "precision": "fp32", "retain": True}
+        base = {"scale": scale, "n_points": n, "precision": "fp32", "retain": True, "native": True}
         cases = [{"steps": 8 if 8 in steps else steps[-1], "shortcuts": off, "case": "straightforward"}]
         if scale == "paper":
             cases += [{"steps": 2, "shortcuts": {**on, k: False}, "case": f"no {k}"} for k in SHORTCUTS]
@@ -139,6 +145,11 @@ def plan(scales, points_paper, steps, scaling, points_mini: int = 40000, precisi
         workers += [{**base, "cases": cases}]
         if scale == "paper":
             workers += [{**base, "retain": False, "cases": [{"steps": 2, "shortcuts": on, "case": "glibc default"}]}]
+            plain = {"shortcuts": on, "case": "no native kernels"}
+            workers += [{**base, "native": False, "cases": [{**plain, "steps": 2}]}]
+            if "bf16" in precisions:
+                workers += [{**base, "native": False, "precision": "bf16",
+                             "cases": [{**plain, "steps": 8 if 8 in steps else steps[-1]}]}]
             scale8 = [{"steps": 8, "shortcuts": on, "case": "scaling"}]
             workers += [{**base, "n_points": m, "precision": p, "cases": scale8}
                         for p in precisions for m in scaling if m != n]
@@ -167,15 +178,19 @@ def markdown(doc: dict) -> str:
                              + " | ".join(f"{sweep[s]['seconds']:.1f}" if s in sweep else "—" for s in steps)
                              + f" | {peak:.0f} |")
     short = [r for r in rs if r["case"] in ("straightforward", "none", "glibc default") or r["case"].startswith("no ")
-             or (r["case"] == "steps" and r["steps"] in (2, 8) and r["precision"] == "fp32")]
+             or (r["case"] == "steps" and r["steps"] in (2, 8))]
+    short = [r for r in short if r["precision"] == "fp32" or any(
+        o["case"] == "no native kernels" and o["precision"] == r["precision"] and o["steps"] == r["steps"] for o in rs)]
     if short:
-        lines += ["", "Exact shortcuts, fp32 (same outputs to float rounding; see ddpo_ros/pipeline.py):", "",
+        lines += ["", "Exact shortcuts (same outputs to float rounding; see ddpo_ros/pipeline.py and "
+                  "ddpo_ros/sparse/native.py), fp32 unless marked:", "",
                   "| scale | steps | shortcuts | s / scene | denoising s / step | encoder s | peak MiB |",
                   "|---|---:|---|---:|---:|---:|---:|"]
         for r in short:
             label = {"steps": "all on", "straightforward": "all off (LiDiff's way)", "none": "all off",
                      "glibc default": "all on, glibc frees memory (not retained)"}.get(
                 r["case"], r["case"].replace("no ", "off: "))
+            label = f"bf16, {label}" if r["precision"] != "fp32" else label
             lines.append(f"| {r['scale']} | {r['steps']} | {label} | {r['seconds']:.1f} | "
                          f"{np.mean(r['step_s']):.2f} | {r['stages'].get('encoder', 0):.2f} | "
                          f"{r['peak_mem_bytes'] / 2**20:.0f} |")

@@ -1,7 +1,9 @@
 """Shared test fixtures: real data location, deterministic seeds."""
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +69,27 @@ def write_train_config(path: Path, base: dict, **sections) -> Path:
         cfg[section] = {**cfg.get(section, {}), **values}
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+@contextlib.contextmanager
+def kernels(mode: str):
+    """Inside, mode "native" runs the compiled CPU code and "torch" its plain-torch twins.
+
+    A context manager rather than a fixture so hypothesis tests can use it. "native" fails where
+    a C++ compiler and ninja exist but the build does not (CI has both), and skips elsewhere.
+    """
+    from ddpo_ros.sparse import native
+
+    old = os.environ.get("DDPO_NATIVE")
+    os.environ["DDPO_NATIVE"] = "1" if mode == "native" else "0"
+    try:
+        if mode == "native" and native.status() != "native":
+            if shutil.which(os.environ.get("CXX", "c++")) and shutil.which("ninja"):
+                pytest.fail(f"native kernels did not build: {native.status()}")
+            pytest.skip("no C++ compiler or ninja here")
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("DDPO_NATIVE", None)
+        else:
+            os.environ["DDPO_NATIVE"] = old

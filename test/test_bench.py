@@ -64,6 +64,9 @@ def test_bench_scene_tiny(tmp_path, monkeypatch, capsys):
     assert ("paper", 2000, "fp32", "scaling", 8) in cases and ("paper", 2000, "bf16", "scaling", 8) in cases
     assert [r["retain"] for r in rs if r["case"] == "glibc default"] == [False]
     assert all(r["retain"] for r in rs if r["case"] != "glibc default")
+    off = [(r["precision"], r["steps"], r["kernels"]) for r in rs if not r["native"]]
+    assert off == [("fp32", 2, "disabled (DDPO_NATIVE=0)"), ("bf16", 2, "disabled (DDPO_NATIVE=0)")]
+    assert all(r["kernels"] != "disabled (DDPO_NATIVE=0)" for r in rs if r["native"])
     for r in rs:
         assert len(r["step_s"]) == r["steps"] and r["denoiser_calls"] == 2 * r["steps"]
         assert r["trajectory"] == "oracle-steered" and r["peak_mem_bytes"] > 0
@@ -73,6 +76,7 @@ def test_bench_scene_tiny(tmp_path, monkeypatch, capsys):
     table = out.with_suffix(".md").read_text()
     assert "| mini | 0.125 | 2,000 | fp32 |" in table and "| mini | 0.125 | 2,000 | bf16 |" in table
     assert "all off (LiDiff's way)" in table and "| 3,000 | bf16 |" in table and "glibc frees memory" in table
+    assert "| paper | 2 | off: native kernels |" in table and "| paper | 2 | bf16, off: native kernels |" in table
     assert table in capsys.readouterr().out
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..sparse import native
+
 
 def scale_channels(channels, width: float) -> list[int]:
     """LiDiff's width multiplier `cr`: int(cr * c) for every entry."""
@@ -38,9 +40,13 @@ class ResidualBlock(nn.Module):
         self.downsample = (nn.Sequential() if c_in == c_out else
                            nn.Sequential(sp.Conv(c_in, c_out, 1, 1), sp.BatchNorm(c_out)))
         self.relu = sp.ReLU(inplace=True)
+        self.add_relu_in_place = False  # set by sparse.fused.fuse_for_inference (inference copies only)
 
     def forward(self, x):
-        return self.relu(self.net(x) + self.downsample(x))
+        y, skip = self.net(x), self.downsample(x)
+        if self.add_relu_in_place:  # y is this block's own fresh tensor: add and ReLU in one pass
+            return y.replace(native.bias_act_(y.F, other=skip.F, relu=True))
+        return self.relu(y + skip)
 
 
 def add_encoder(module: nn.Module, sp, cs: list[int], in_channels: int) -> None:

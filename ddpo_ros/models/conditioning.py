@@ -17,6 +17,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..sparse import native
 from ..sparse.coords import kernel_offsets, pack, unique_keys
 
 _BRUTE_FORCE_PAIRS = 1 << 22  # below n * m pairs, the direct search is cheaper than rings
@@ -80,6 +81,13 @@ def nearest_voxel(query: Tensor, cand: Tensor, lattice: int, max_ring: int = 64,
     if m == 0:
         raise ValueError("no conditioning voxels to match against")
     order = torch.argsort(pack(cand))  # lexicographic rank = tie-break order
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(m, device=order.device)
+    best = native.nearest_lattice(query, cand, rank, lattice)
+    if best is not None:  # the compiled twin of what follows (CPU)
+        if len(best) and int(best.min()) < 0:
+            raise ValueError(f"batch element {int(query[best.argmin(), 0])} has no conditioning voxels")
+        return best
     cand = cand[order]
     best = torch.full((n,), _UNSET, dtype=torch.long, device=query.device)
     if n * m <= brute_force_below:

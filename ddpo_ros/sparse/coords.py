@@ -19,6 +19,8 @@ import itertools
 import torch
 from torch import Tensor
 
+from . import native
+
 
 def kernel_offsets(kernel_size: int) -> list[tuple[int, int, int]]:
     """Kernel offsets in units of the input tensor stride, in MinkowskiEngine's order."""
@@ -53,7 +55,7 @@ def unique_keys(keys: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 class KernelMap:
     """Per kernel slice k: rows `inputs[k]` of the input feed rows `outputs[k]` of the output."""
 
-    __slots__ = ("inputs", "outputs", "n_out", "identity", "_chunks", "_transposed")
+    __slots__ = ("inputs", "outputs", "n_out", "identity", "_chunks", "_plans", "_transposed")
 
     def __init__(self, inputs: list[Tensor], outputs: list[Tensor], n_out: int,
                  identity: int | None = None):
@@ -62,6 +64,7 @@ class KernelMap:
         self.n_out = n_out
         self.identity = identity  # slice whose map is the identity (centre of a submanifold conv)
         self._chunks: dict = {}
+        self._plans: dict = {}
         self._transposed: dict = {}
 
     def transposed(self, n_out: int) -> "KernelMap":
@@ -96,6 +99,14 @@ class KernelMap:
                 chunks.append((torch.cat(rows_in), torch.cat(rows_out), slices))
             self._chunks[max_rows] = chunks
         return self._chunks[max_rows]
+
+    def scatter_plan(self, max_rows: int, index: int) -> tuple[Tensor, Tensor]:
+        """The CSR plan of chunk `index`'s output rows for the compiled scatter (cached: every
+        layer of this stride reuses it)."""
+        key = (max_rows, index)
+        if key not in self._plans:
+            self._plans[key] = native.scatter_plan(self.chunks(max_rows)[index][1], self.n_out)
+        return self._plans[key]
 
 
 class CoordinateSet:

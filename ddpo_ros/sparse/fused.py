@@ -12,6 +12,10 @@ float32, and every gather and scatter moves half the bytes. It is an approximati
 mantissas: ~3e-3 relative error per matmul), opt-in, and measured against float32 in
 `make bench`. The first convolution of a network keeps float32: its input features are point
 coordinates in metres, which bfloat16 would round to 25 cm at 50 m.
+
+Elementwise passes cost as much as a small convolution on a CPU with little memory bandwidth, so
+the copy also runs the ReLU after a folded convolution, and a residual block's add + ReLU, as one
+in-place pass each (`native.bias_act_`; plain torch ops where the compiled kernels are absent).
 """
 from __future__ import annotations
 
@@ -20,17 +24,19 @@ import copy
 import torch
 from torch import nn
 
-from .layers import BatchNorm, _KernelLayer, _apply, conv_target
+from . import native
+from .layers import BatchNorm, ReLU, _KernelLayer, _apply, conv_target
 from .tensor import SparseTensor
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class FusedConv(nn.Module):
-    """A convolution and the eval-mode BatchNorm after it, as one biased convolution."""
+    """A convolution, the eval-mode BatchNorm after it and optionally the ReLU after that, as one
+    biased convolution whose bias and ReLU are applied in one pass."""
 
     def __init__(self, conv: _KernelLayer, bn: BatchNorm | None, dtype: torch.dtype = torch.float32,
-                 out_dtype: torch.dtype | None = None):
+                 out_dtype: torch.dtype | None = None, relu: bool = False):
         super().__init__()
         self.kernel_size, self.stride, self.transposed = conv.kernel_size, conv.stride, conv.transposed
         kernel = conv.kernel.detach().float()
@@ -45,15 +51,19 @@ class FusedConv(nn.Module):
         self.register_buffer("kernel", kernel.to(dtype).contiguous())
         self.register_buffer("bias", None if bias is None else bias.to(dtype))
         self.out_dtype = out_dtype or dtype
+        self.relu = relu
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         coords, kmap = conv_target(x, self.kernel_size, self.stride, self.transposed)
-        out = _apply(x.F.to(self.kernel.dtype), self.kernel, kmap, self.bias)
+        if self.relu:
+            out = native.bias_act_(_apply(x.F.to(self.kernel.dtype), self.kernel, kmap), self.bias, relu=True)
+        else:
+            out = _apply(x.F.to(self.kernel.dtype), self.kernel, kmap, self.bias)
         return SparseTensor(out.to(self.out_dtype), coords)
 
     def extra_repr(self) -> str:
         return (f"{self.kernel.shape[1]}, {self.kernel.shape[2]}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, transposed={self.transposed}, dtype={self.kernel.dtype}")
+                f"stride={self.stride}, transposed={self.transposed}, dtype={self.kernel.dtype}, relu={self.relu}")
 
 
 def fuse_for_inference(model: nn.Module, precision: str = "fp32") -> nn.Module:
@@ -75,17 +85,24 @@ def fuse_for_inference(model: nn.Module, precision: str = "fp32") -> nn.Module:
     for module in fused.modules():
         if not isinstance(module, nn.Sequential):
             continue
-        children = list(module.named_children())
-        for (name, child), (next_name, nxt) in zip(children, children[1:] + [(None, None)]):
+        children = list(module.named_children()) + [(None, None), (None, None)]
+        for i, (name, child) in enumerate(children[:-2]):
             if not isinstance(child, _KernelLayer):
                 continue
-            bn = nxt if isinstance(nxt, BatchNorm) else None
+            bn = children[i + 1][1] if isinstance(children[i + 1][1], BatchNorm) else None
+            act_name, act = children[i + 2] if bn is not None else children[i + 1]
+            relu = isinstance(act, ReLU)
             # Module order is forward order here, so the first kernel layer sees the coordinates.
             conv_dtype = torch.float32 if first else dtype
-            setattr(module, name, FusedConv(child, bn, conv_dtype, out_dtype=dtype))
+            setattr(module, name, FusedConv(child, bn, conv_dtype, out_dtype=dtype, relu=relu))
             if bn is not None:
-                setattr(module, next_name, nn.Identity())
+                setattr(module, children[i + 1][0], nn.Identity())
+            if relu:
+                setattr(module, act_name, nn.Identity())
             first = False
+    for module in fused.modules():
+        if hasattr(module, "add_relu_in_place"):  # ResidualBlock: its sum is its own fresh output
+            module.add_relu_in_place = True
     left = [name for name, m in fused.named_modules() if isinstance(m, (_KernelLayer, BatchNorm))]
     if left:
         raise ValueError(f"fuse_for_inference: layers outside a conv -> BatchNorm sequence: {left}")

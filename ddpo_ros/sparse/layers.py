@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 import threading
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import native
 from .coords import KernelMap
 from .tensor import SparseTensor
 
@@ -53,13 +55,13 @@ def _apply(features: Tensor, kernel: Tensor, kmap: KernelMap, bias: Tensor | Non
     else:
         out = features.new_zeros(kmap.n_out, c_out) if bias is None else bias.expand(kmap.n_out, c_out).clone()
     max_rows = _chunk_rows(max(c_in, c_out))
-    for rows_in, rows_out, slices in kmap.chunks(max_rows):
+    for index, (rows_in, rows_out, slices) in enumerate(kmap.chunks(max_rows)):
         n = len(rows_in)
         gathered = torch.index_select(features, 0, rows_in, out=_workspace("in", n * c_in, features).view(n, c_in))
         products = _workspace("out", n * c_out, features).view(n, c_out)
         for k, start, count in slices:
             torch.mm(gathered[start:start + count], kernel[k], out=products[start:start + count])
-        out.index_add_(0, rows_out, products)
+        native.scatter_add(out, rows_out, products, partial(kmap.scatter_plan, max_rows, index))
     return out
 
 
