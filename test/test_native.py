@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import REPO, kernels
-from ddpo_ros.sparse import TorchBackend, native
+from ddpo_ros.sparse import CoordinateSet, TorchBackend, native
 from ddpo_ros.sparse.layers import Conv, ConvTranspose
 
 
@@ -34,6 +34,22 @@ def test_builds_where_a_compiler_exists():
 def _map_rows(x):
     kmap = x.coordinates.submanifold_map(3)
     return torch.cat([o for k, o in enumerate(kmap.outputs) if k != kmap.identity]), kmap.n_out
+
+
+@pytest.mark.parametrize("stride", [1, 4])
+def test_submanifold_maps_equal_the_torch_maps(kitti_voxels, stride):
+    coords = kitti_voxels.C.clone()
+    coords[:, 1:] = torch.div(coords[:, 1:], stride, rounding_mode="floor") * stride
+    coords = torch.unique(coords, dim=0)
+    maps = {}
+    for mode in ("native", "torch"):
+        with kernels(mode):  # a fresh set each time: maps are cached per set
+            maps[mode] = CoordinateSet(coords, stride).submanifold_map(3)
+    assert maps["native"].identity == maps["torch"].identity == 13
+    for k in range(27):
+        assert torch.equal(maps["native"].inputs[k], maps["torch"].inputs[k]), k
+        assert torch.equal(maps["native"].outputs[k], maps["torch"].outputs[k]), k
+    assert sum(len(o) for o in maps["native"].outputs) > 3 * len(coords)  # a real neighbourhood
 
 
 def test_scatter_plan_equals_the_torch_plan(kitti_voxels):

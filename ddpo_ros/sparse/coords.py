@@ -205,6 +205,11 @@ class CoordinateSet:
                 if off == (0, 0, 0):
                     inputs[k], outputs[k] = rows, rows
                     continue
+                mirror = index[(-off[0], -off[1], -off[2])]
+                pairs = native.submanifold_pairs(own_keys, *self._lookup_table(), self.offset_key(off))
+                if pairs is not None:  # the compiled twin of the lines below
+                    inputs[k], outputs[k], inputs[mirror], outputs[mirror] = pairs
+                    continue
                 found = self.find(own_keys + self.offset_key(off))
                 hit = found >= 0
                 out_rows, in_rows = rows[hit], found[hit]
@@ -213,7 +218,6 @@ class CoordinateSet:
                 # are put in output order, as every slice's are: the convolution's scatter then
                 # walks the output rows forwards (~2x faster than in random order), and since a
                 # slice holds each output row once, the sums are the same.
-                mirror = index[(-off[0], -off[1], -off[2])]
                 by_out = torch.argsort(in_rows)
                 inputs[mirror], outputs[mirror] = out_rows[by_out], in_rows[by_out]
             self._kernel_maps[cache_key] = KernelMap(inputs, outputs, len(self),

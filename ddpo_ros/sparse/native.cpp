@@ -9,6 +9,8 @@
 //   are bit-identical.
 // bias_act_: x = relu(x + bias + other) in one pass, in place: the epilogue of a folded
 //   convolution and the end of a residual block, which torch would run as two or three passes.
+// submanifold_pairs: one offset of a submanifold kernel map and its mirror, as coords.py's
+//   searchsorted path builds them, in one parallel binary-search pass and two linear passes.
 // csr_plan: a stable counting sort of output rows: (order, ptr) for segment_add.
 // nearest_lattice: the exact 1-NN of conditioning.nearest_voxel, one query per thread iteration,
 //   searching rings of lattice cells in a dense grid of the candidates until no unvisited cell
@@ -119,6 +121,49 @@ void bias_act_(torch::Tensor x, torch::Tensor bias, torch::Tensor other, bool re
   }
 }
 
+// The pairs of one submanifold offset and of its mirror, both in output-row order: for every row
+// o with a voxel at key[o] + delta, the pair (in = that voxel, out = o); the mirror slice holds
+// the same pairs reversed, (in = o, out = that voxel), sorted by its output row.
+std::vector<torch::Tensor> submanifold_pairs(torch::Tensor keys, torch::Tensor sorted_keys, torch::Tensor sorted_rows,
+                                             int64_t delta) {
+  TORCH_CHECK(keys.scalar_type() == at::kLong && sorted_keys.scalar_type() == at::kLong &&
+              sorted_rows.scalar_type() == at::kLong, "submanifold_pairs: int64 tensors");
+  keys = keys.contiguous();
+  sorted_keys = sorted_keys.contiguous();
+  sorted_rows = sorted_rows.contiguous();
+  const int64_t n = keys.numel();
+  TORCH_CHECK(sorted_keys.numel() == n && sorted_rows.numel() == n, "submanifold_pairs: sizes differ");
+  const int64_t* k = keys.data_ptr<int64_t>();
+  const int64_t* sk = sorted_keys.data_ptr<int64_t>();
+  const int64_t* sr = sorted_rows.data_ptr<int64_t>();
+  std::vector<int64_t> found(n, -1);
+  at::parallel_for(0, n, 4096, [&](int64_t lo, int64_t hi) {
+    for (int64_t o = lo; o < hi; ++o) {
+      const int64_t want = k[o] + delta;
+      const int64_t* pos = std::lower_bound(sk, sk + n, want);
+      if (pos != sk + n && *pos == want) found[o] = sr[pos - sk];
+    }
+  });
+  int64_t hits = 0;
+  for (int64_t o = 0; o < n; ++o) hits += found[o] >= 0;
+  auto opts = keys.options();
+  auto in_rows = torch::empty({hits}, opts), out_rows = torch::empty({hits}, opts);
+  auto mirror_in = torch::empty({hits}, opts), mirror_out = torch::empty({hits}, opts);
+  int64_t *ir = in_rows.data_ptr<int64_t>(), *orow = out_rows.data_ptr<int64_t>();
+  int64_t *mi = mirror_in.data_ptr<int64_t>(), *mo = mirror_out.data_ptr<int64_t>();
+  std::vector<int64_t> back(n, -1);  // voxel i -> the row o that found it (one per offset)
+  for (int64_t o = 0, h = 0; o < n; ++o) {
+    if (found[o] < 0) continue;
+    ir[h] = found[o], orow[h] = o, ++h;
+    back[found[o]] = o;
+  }
+  for (int64_t i = 0, h = 0; i < n; ++i) {
+    if (back[i] < 0) continue;
+    mi[h] = back[i], mo[h] = i, ++h;
+  }
+  return {in_rows, out_rows, mirror_in, mirror_out};
+}
+
 int64_t floor_div(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); }
 
 torch::Tensor nearest_lattice(torch::Tensor query, torch::Tensor cand, torch::Tensor rank, int64_t lattice,
@@ -208,6 +253,7 @@ torch::Tensor nearest_lattice(torch::Tensor query, torch::Tensor cand, torch::Te
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("segment_add", &segment_add, "out[o] += sum of src[order[ptr[o]:ptr[o+1]]] (float32/bfloat16)");
   m.def("bias_act_", &bias_act_, "x = relu?(x + bias + other) in place (float32/bfloat16)");
+  m.def("submanifold_pairs", &submanifold_pairs, "(in, out, mirror in, mirror out) rows of one offset");
   m.def("csr_plan", &csr_plan, "(order, ptr) of rows: a stable counting sort by row");
   m.def("nearest_lattice", &nearest_lattice, "exact 1-NN of integer queries among lattice candidates");
 }

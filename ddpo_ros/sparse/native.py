@@ -85,6 +85,13 @@ def scatter_plan(rows: Tensor, n_out: int) -> tuple[Tensor, Tensor]:
     return order, ptr
 
 
+def submanifold_pairs(keys: Tensor, sorted_keys: Tensor, sorted_rows: Tensor, delta: int):
+    """(in, out, mirror in, mirror out) rows of one submanifold offset, or None where the compiled
+    kernel does not apply; coords.CoordinateSet.submanifold_map is the torch twin."""
+    module = load() if keys.device.type == "cpu" else None
+    return None if module is None else module.submanifold_pairs(keys, sorted_keys, sorted_rows, int(delta))
+
+
 def scatter_add(out: Tensor, rows: Tensor, src: Tensor, plan) -> None:
     """out.index_add_(0, rows, src), by the compiled kernel where it applies. `plan` is
     scatter_plan(rows, len(out)), or a callable returning it (built only when the kernel runs)."""
