@@ -6,7 +6,8 @@ from setuptools import find_packages, setup
 PACKAGE = "ddpo_ros"
 
 # torch is pinned so that a CPU machine takes the local CPU wheel and never a CUDA build.
-CORE = ["torch==2.13.0", "numpy>=1.24", "safetensors>=0.4", "pyyaml>=6", "scipy>=1.10", "tqdm>=4.60"]
+# ninja: torch's builder of the compiled CPU kernels (ddpo_ros/sparse/native.py; a C++ compiler is needed too).
+CORE = ["torch==2.13.0", "numpy>=1.24", "safetensors>=0.4", "pyyaml>=6", "scipy>=1.10", "tqdm>=4.60", "ninja"]
 EXTRAS = {
     "ros": [
         "ros-jazzy-rclpy", "ros-jazzy-rmw-fastrtps-cpp", "ros-jazzy-sensor-msgs",

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,15 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 def _deterministic():
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _native_kernels_built():
+    """Build the compiled CPU kernels once, up front: the node and CLI subprocesses of later tests
+    then find them cached instead of paying the ~30 s build inside their own timeouts."""
+    from ddpo_ros.sparse import native
+
+    native.load()
 
 
 def kitti_scan(frame: int = 0) -> np.ndarray:
@@ -84,7 +92,7 @@ def kernels(mode: str):
     os.environ["DDPO_NATIVE"] = "1" if mode == "native" else "0"
     try:
         if mode == "native" and native.status() != "native":
-            if shutil.which(os.environ.get("CXX", "c++")) and shutil.which("ninja"):
+            if native.toolchain():
                 pytest.fail(f"native kernels did not build: {native.status()}")
             pytest.skip("no C++ compiler or ninja here")
         yield

@@ -78,6 +78,8 @@ def test_colcon_build_makes_a_ros_install_tree(ros_install):
     assert (prefix / "share" / "ddpo_ros" / "config" / "model" / "lidiff.yaml").exists()
     assert (prefix / "lib" / "ddpo_ros" / "ddpo").exists()  # where `ros2 run ddpo_ros ddpo` looks
     assert list(prefix.glob("lib/python3*/site-packages/ddpo_ros/sparse/coords.py"))
+    # the compiled kernels' source, which sparse/native.py builds on first use
+    assert list(prefix.glob("lib/python3*/site-packages/ddpo_ros/sparse/native.cpp"))
 
 
 def test_install_tree_has_the_launch_file_configs_and_node(ros_install):

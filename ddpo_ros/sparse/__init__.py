@@ -23,7 +23,7 @@ BACKENDS = ("torch", "minkowski")
 
 
 class TorchBackend:
-    """Pure-PyTorch backend: no compiled extension, CPU and CUDA, autograd."""
+    """Pure-PyTorch backend: CPU and CUDA, autograd; on CPU a few compiled kernels (native.py) where they build."""
 
     name = "torch"
     Conv = layers.Conv

@@ -1,15 +1,17 @@
 """The compiled CPU kernels of the torch backend (native.cpp), each with its plain-torch twin.
 
-`native.cpp` is compiled on first use with torch's JIT extension builder (a C++ compiler and
-ninja; ~30 s once, then cached under $TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions). It is
-tuned for the CPU that builds it, so the build is keyed on the CPU's feature flags. Where it cannot
-be built, or with DDPO_NATIVE=0, every caller takes its torch path, which gives the same results
-(bit-identical in float32) more slowly; CUDA tensors always take the torch path.
+`native.cpp` is compiled on first use with torch's JIT extension builder (a C++ compiler, and
+ninja, which pip installs with the package; ~30 s once, then cached under $TORCH_EXTENSIONS_DIR
+or ~/.cache/torch_extensions). It is tuned for the CPU that builds it, so the build is keyed on
+the CPU's feature flags. Where it cannot be built, or with DDPO_NATIVE=0, every caller takes its
+torch path, which gives the same results (bit-identical in float32) more slowly; CUDA tensors
+always take the torch path.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 import threading
 import warnings
@@ -38,6 +40,24 @@ def enabled() -> bool:
     return os.environ.get("DDPO_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def _ninja() -> str | None:
+    """The ninja binary torch's builder will run: on PATH, or the `ninja` wheel's (made visible)."""
+    found = shutil.which("ninja")
+    if found is None:
+        try:
+            import ninja  # the PyPI wheel, an install requirement; its bin dir is not always on PATH
+        except ImportError:
+            return None
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        found = shutil.which("ninja")
+    return found
+
+
+def toolchain() -> bool:
+    """Whether a C++ compiler ($CXX or c++) and ninja are here, i.e. whether a build can work."""
+    return bool(shutil.which(os.environ.get("CXX", "c++")) and _ninja())
+
+
 def load():
     """The compiled module, building it on first use; None where it is disabled or cannot build."""
     global _module, _failed
@@ -49,6 +69,7 @@ def load():
         if _module is None and _failed is None:
             from torch.utils.cpp_extension import load as build
             name = f"ddpo_native_{_cpu_key()}"
+            _ninja()
             try:
                 if not _built(name):  # a silent 30 s pause would look like a hang
                     print(f"ddpo_ros: compiling {SOURCE.name} for this CPU (once, ~30 s)", file=sys.stderr, flush=True)
