@@ -5,12 +5,14 @@ message conversion from clouds, health from monitor; this file only wires them t
 
 Threading: the subscription callback only stores the newest cloud (latest-only; a cloud that
 is replaced before the model reaches it counts as dropped). One worker thread owns every
-torch/CUDA call: warm-up first, then one cloud at a time.
+torch/CUDA call, loading included (OpenMP work on a second thread slowed every scene by 30%:
+docs/ros.md): load, warm-up, then one cloud at a time.
 """
 from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -53,8 +55,20 @@ class CompletionNode(Node):
         self.settings = node_params.validate({p.name: self.get_parameter(p.name).value
                                               for p in node_params.PARAMETERS})
         s = self.settings
-        self.completer = self._load_completer()
-        self.tf = self._tf_buffer() if s["target_frame"] else None
+        self._cond = threading.Condition()
+        self._waiting: PointCloud2 | None = None
+        self._stop = False
+        self.ready = threading.Event()
+        self._loaded: Future = Future()  # the worker's Completer or its loading error
+        self._wired = threading.Event()  # publishers and monitor exist
+        self._worker = threading.Thread(target=self._run, name="ddpo_completion_worker", daemon=True)
+        self._worker.start()
+        try:
+            self.completer = self._loaded.result()  # a bad `weights` raises here
+            self.tf = self._tf_buffer() if s["target_frame"] else None
+        except BaseException:
+            self.stop()
+            raise
         self.monitor = Monitor(s["diagnostics.window"], s["diagnostics.latency_warn_ms"], str(self.completer.device))
 
         self.pub = self.create_publisher(PointCloud2, "~/output/points", _qos(s["output.reliability"], 5))
@@ -62,13 +76,7 @@ class CompletionNode(Node):
         self.pub_latency = self.create_publisher(Float64, "~/debug/pipeline_latency_ms", 10)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.add_on_set_parameters_callback(self._on_set_parameters)
-
-        self._cond = threading.Condition()
-        self._waiting: PointCloud2 | None = None
-        self._stop = False
-        self.ready = threading.Event()
-        self._worker = threading.Thread(target=self._run, name="ddpo_completion_worker", daemon=True)
-        self._worker.start()
+        self._wired.set()
         self.sub = self.create_subscription(PointCloud2, "~/input/points", self._on_cloud,
                                             _qos(s["input.reliability"], s["input.depth"]))
         # steady clock: with use_sim_time the node must still report while no /clock is playing
@@ -138,6 +146,15 @@ class CompletionNode(Node):
 
     # -- the worker -----------------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            completer = self._load_completer()
+        except BaseException as err:
+            self._loaded.set_exception(err)
+            return
+        self._loaded.set_result(completer)
+        self._wired.wait()
+        if self._stop:
+            return
         try:
             if self.settings["warmup"]:
                 start = time.perf_counter()
@@ -210,6 +227,7 @@ class CompletionNode(Node):
         with self._cond:
             self._stop = True
             self._cond.notify()
+        self._wired.set()  # a worker still waiting on __init__ sees _stop
         self._worker.join(timeout=30)
 
 
