@@ -15,6 +15,9 @@ the x6 refiner. Three tables:
   the latter in bf16 at 8 steps too;
 - scaling: an 8-step paper-scale scene at 20k/50k/180k/360k points, both precisions.
 
+The 8-step scenes of the steps table (the headline figure) run --repeats times (default 3) and
+report the median, with the range; every other case is one scene.
+
 Weights: with --weights, the real model and its own trajectory. Without (no trained paper-scale
 weights here), seeded random weights, and the sampler is steered by the oracle noise
 eps = (x_t - x_init) / sigma_t, i.e. the prediction "the clean scene is x_init": the network still
@@ -111,13 +114,17 @@ def run_worker(spec: dict) -> list[dict]:
     records = []
     for case in spec["cases"]:
         comp.shortcuts = Shortcuts(**case["shortcuts"])
-        result = []
-        seconds, grown = measure_once(lambda: result.append(comp.complete(scan, steps=case["steps"], seed=0)),
-                                      comp.device)
-        peak = memory(comp.device, peak=True)  # the reset made this the peak during the scene
-        out = result[0]
+        runs = []  # (seconds, memory growth, peak, completion) per scene
+        for _ in range(case.get("repeats", 1)):
+            result = []
+            seconds, grown = measure_once(lambda: result.append(comp.complete(scan, steps=case["steps"], seed=0)),
+                                          comp.device)
+            runs.append((seconds, grown, memory(comp.device, peak=True), result[0]))  # peak: since the reset
+        seconds, grown, _, out = sorted(runs, key=lambda r: r[0])[(len(runs) - 1) // 2]  # the median scene
+        peak = max(r[2] for r in runs)
         steps = [v for k, v in out.timings.items() if k.startswith("step ")]
         records.append({**{k: spec[k] for k in KEYS}, **case, "seconds": seconds, "step_s": steps,
+                        "seconds_runs": [r[0] for r in runs],
                         "stages": out.timings, "counts": out.counts, "peak_mem_bytes": peak, "mem_growth_bytes": grown,
                         "denoiser_calls": len(steps) * (2 if out.guidance_scale != 1 else 1),
                         "width": comp.config.model.width, "kernels": kernels,
@@ -125,19 +132,23 @@ def run_worker(spec: dict) -> list[dict]:
     return records
 
 
-def plan(scales, points_paper, steps, scaling, points_mini: int = 40000, precisions=PRECISIONS) -> list[dict]:
+def plan(scales, points_paper, steps, scaling, points_mini: int = 40000, precisions=PRECISIONS,
+         repeats: int = 1) -> list[dict]:
     """The worker specs of a full run: per scale the steps sweep in each precision, then the
     fp32 shortcut cases (a process each group, so one failure loses less), then the paper-scale
     point-count scaling. Every worker but the "glibc default" one retains freed memory, and every
-    worker but the "no native kernels" ones uses the compiled kernels where they build."""
+    worker but the "no native kernels" ones uses the compiled kernels where they build. The
+    sweep's 8-step scene (without 8 in `steps`, its last) runs `repeats` times."""
     on = dict.fromkeys(SHORTCUTS, True)
     off = dict.fromkeys(SHORTCUTS, False)
-    sweep = [{"steps": s, "shortcuts": on, "case": "steps"} for s in steps]
+    headline = 8 if 8 in steps else steps[-1]
+    sweep = [{"steps": s, "shortcuts": on, "case": "steps", **({"repeats": repeats} if s == headline else {})}
+             for s in steps]
     workers = []
     for scale in scales:
         n = points_paper if scale == "paper" else points_mini
         base = {"scale": scale, "n_points": n, "precision": "fp32", "retain": True, "native": True}
-        cases = [{"steps": 8 if 8 in steps else steps[-1], "shortcuts": off, "case": "straightforward"}]
+        cases = [{"steps": headline, "shortcuts": off, "case": "straightforward"}]
         if scale == "paper":
             cases += [{"steps": 2, "shortcuts": {**on, k: False}, "case": f"no {k}"} for k in SHORTCUTS]
             cases += [{"steps": 2, "shortcuts": off, "case": "none"}]
@@ -149,17 +160,24 @@ def plan(scales, points_paper, steps, scaling, points_mini: int = 40000, precisi
             workers += [{**base, "native": False, "cases": [{**plain, "steps": 2}]}]
             if "bf16" in precisions:
                 workers += [{**base, "native": False, "precision": "bf16",
-                             "cases": [{**plain, "steps": 8 if 8 in steps else steps[-1]}]}]
+                             "cases": [{**plain, "steps": headline}]}]
             scale8 = [{"steps": 8, "shortcuts": on, "case": "scaling"}]
             workers += [{**base, "n_points": m, "precision": p, "cases": scale8}
                         for p in precisions for m in scaling if m != n]
     return workers
 
 
+def _cell(record: dict) -> str:
+    """Seconds of a scene: "median (min-max)" where it ran more than once."""
+    runs = record.get("seconds_runs", [record["seconds"]])
+    return f"{record['seconds']:.1f}" + (f" ({min(runs):.1f}-{max(runs):.1f})" if len(runs) > 1 else "")
+
+
 def markdown(doc: dict) -> str:
     m, rs = doc["machine"], [r for r in doc["results"] if "error" not in r]
     head = (f"{m['device']}: {m['gpu'] or m['cpu']}, {m['cores']} cores; torch {m['torch']}, {m['threads']} threads; "
-            f"{m['date']}. One scene each after a 1-step warm-up; KITTI seq 00 frame 0; "
+            f"{m['date']}. One scene each after a 1-step warm-up (the steps table's "
+            f"{doc['settings'].get('repeats', 1)} repeats: median (min-max)); KITTI seq 00 frame 0; "
             f"trajectory: {rs[0]['trajectory'] if rs else '?'}; peak MiB = the process's peak RSS during the scene "
             "(CPU) or torch.cuda.max_memory_allocated (CUDA), weights included. fp32 is exact; bf16 "
             "(bfloat16 convolutions) is an approximation.")
@@ -175,7 +193,7 @@ def markdown(doc: dict) -> str:
                 any_r = next(iter(sweep.values()))
                 peak = sweep.get(8, any_r)["peak_mem_bytes"] / 2**20
                 lines.append(f"| {scale} | {any_r['width']} | {any_r['n_points']:,} | {precision} | "
-                             + " | ".join(f"{sweep[s]['seconds']:.1f}" if s in sweep else "—" for s in steps)
+                             + " | ".join(_cell(sweep[s]) if s in sweep else "—" for s in steps)
                              + f" | {peak:.0f} |")
     short = [r for r in rs if r["case"] in ("straightforward", "none", "glibc default") or r["case"].startswith("no ")
              or (r["case"] == "steps" and r["steps"] in (2, 8))]
@@ -213,7 +231,7 @@ def bench_scene_cli(args) -> int:
     steps = [int(s) for s in str(args.steps).split(",")]
     scales = [s for s in str(args.scales).split(",") if s]
     scaling = [int(p) for p in str(args.scaling).split(",") if p.strip()]
-    workers = plan(scales, args.points, steps, scaling, args.mini_points)
+    workers = plan(scales, args.points, steps, scaling, args.mini_points, repeats=args.repeats)
     results, start = [], time.perf_counter()
     for w in workers:
         spec = {**w, "device": args.device, "threads": args.threads, "weights": args.weights,
@@ -227,6 +245,7 @@ def bench_scene_cli(args) -> int:
     doc = {"machine": machine_facts(args.device, args.threads, []), "results": results,
            "wall_s": round(time.perf_counter() - start, 1),
            "settings": {"steps": steps, "scales": scales, "scaling": scaling, "weights": args.weights,
+                        "repeats": args.repeats,
                         "shortcuts": list(SHORTCUTS), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")}}
     return write_results(doc, Path(args.out), markdown(doc))
 

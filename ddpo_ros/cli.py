@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--points", type=int, default=180000, help="paper-scale points (x_init size)")
     p.add_argument("--mini-points", type=int, default=40000, help="mini-scale points (x_init size)")
     p.add_argument("--scaling", default="20000,50000,180000,360000", help="paper-scale point counts, 8 steps")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="scenes per 8-step case of the steps table (median and range reported); others run once")
     p.add_argument("--weights", default=None, help="real weights (.safetensors): their own trajectory")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)

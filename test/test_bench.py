@@ -50,7 +50,8 @@ def test_bench_scene_tiny(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DDPO_DATA", str(DATA))
     out = tmp_path / "scene.json"
     rc = bench_scene.main(["--out", str(out), "--scales", "mini,paper", "--points", "3000", "--mini-points",
-                           "2000", "--steps", "1,2", "--scaling", "2000,3000", "--width", "0.125"])
+                           "2000", "--steps", "1,2", "--scaling", "2000,3000", "--width", "0.125",
+                           "--repeats", "2"])
     assert rc == 0
     doc = json.loads(out.read_text())
     rs = doc["results"]
@@ -67,7 +68,11 @@ def test_bench_scene_tiny(tmp_path, monkeypatch, capsys):
     off = [(r["precision"], r["steps"], r["kernels"]) for r in rs if not r["native"]]
     assert off == [("fp32", 2, "disabled (DDPO_NATIVE=0)"), ("bf16", 2, "disabled (DDPO_NATIVE=0)")]
     assert all(r["kernels"] != "disabled (DDPO_NATIVE=0)" for r in rs if r["native"])
+    # The headline scene (8 steps, here the last of 1,2) of the steps table runs --repeats times.
+    repeated = [(r["scale"], r["precision"], r["steps"]) for r in rs if len(r["seconds_runs"]) == 2]
+    assert repeated == [("mini", "fp32", 2), ("mini", "bf16", 2), ("paper", "fp32", 2), ("paper", "bf16", 2)]
     for r in rs:
+        assert r["seconds"] in r["seconds_runs"] and len(r["seconds_runs"]) in (1, 2)
         assert len(r["step_s"]) == r["steps"] and r["denoiser_calls"] == 2 * r["steps"]
         assert r["trajectory"] == "oracle-steered" and r["peak_mem_bytes"] > 0
         assert r["counts"]["diffused"] == r["n_points"] and r["seconds"] >= r["stages"]["total"]
@@ -75,6 +80,11 @@ def test_bench_scene_tiny(tmp_path, monkeypatch, capsys):
         assert r["counts"]["coarse"] > 0.9 * r["n_points"]
     table = out.with_suffix(".md").read_text()
     assert "| mini | 0.125 | 2,000 | fp32 |" in table and "| mini | 0.125 | 2,000 | bf16 |" in table
+    assert "2 repeats: median (min-max)" in table
+    fp32_mini = next(line for line in table.splitlines() if line.startswith("| mini | 0.125 | 2,000 | fp32 |"))
+    lo, hi = sorted(next(r for r in rs if r["scale"] == "mini" and r["precision"] == "fp32"
+                         and r["case"] == "steps" and r["steps"] == 2)["seconds_runs"])
+    assert f"({lo:.1f}-{hi:.1f})" in fp32_mini
     assert "all off (LiDiff's way)" in table and "| 3,000 | bf16 |" in table and "glibc frees memory" in table
     assert "| paper | 2 | off: native kernels |" in table and "| paper | 2 | bf16, off: native kernels |" in table
     assert table in capsys.readouterr().out
