@@ -56,7 +56,7 @@ class DiffusionConfig:
                "need 0 < beta_start < beta_end < 1")
 
 
-SAMPLER_NAMES = ("sde-dpmsolver++", "dpmsolver++", "ddpm")
+SAMPLER_NAMES = ("sde-dpmsolver++", "dpmsolver++", "ddpm", "ve-sde-dpmsolver++", "ve-dpmsolver++")
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,9 @@ class CompletionConfig:
     min_range: float = 3.5                # metres; the scan crop before sampling
     max_range: float = 50.0               # metres; also the crop of the completed scene
     refine: bool = True                   # run the x refine_up_factor refinement net
-    sampler: Literal["sde-dpmsolver++", "dpmsolver++", "ddpm"] = "sde-dpmsolver++"
+    # ve-*: DPM-Solver++ with the training noise's parameterisation (alpha = 1; diffusion/samplers.py)
+    sampler: Literal["sde-dpmsolver++", "dpmsolver++", "ddpm", "ve-sde-dpmsolver++", "ve-dpmsolver++"] = \
+        "sde-dpmsolver++"
     final_sigma: Literal["sigma_min", "zero"] = "sigma_min"  # sigma_min: end at t = 0 as the reference
     seed: int | None = None               # None: fresh noise every scene
     # bf16: bfloat16 convolutions in the denoiser and refiner (AMX CPUs, GPUs): ~2x faster at

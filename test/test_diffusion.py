@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ddpo_ros.config import DiffusionConfig
-from ddpo_ros.diffusion import (add_local_noise, data_prediction, dpmpp_update, guide, guided, inference_timesteps,
-                                initial_state, make_schedule, sample_ddpm, sample_dpmpp, schedule_from_config,
+from ddpo_ros.diffusion import (SAMPLERS, add_local_noise, data_prediction, dpmpp_update, guide, guided,
+                                inference_timesteps, initial_state, make_schedule, sample_ddpm, sample_dpmpp, schedule_from_config,
                                 unconditional_cloud)
 
 diffusers = pytest.importorskip("diffusers")
@@ -183,3 +183,38 @@ def test_classifier_free_guidance():
     assert calls == ["c"]
     part = torch.randn(1, 18, 3)
     assert torch.equal(unconditional_cloud(part), torch.zeros(1, 18, 3))
+
+
+def ve_oracle(x0):
+    """The perfect denoiser for a single clean sample x0 under the training noise x_t = x0 + sigma_t eps."""
+    def eps(x, t):
+        return (x - x0) / SCHED.sigma(t).item()
+    return eps
+
+
+@pytest.mark.parametrize("sde", [True, False])
+@pytest.mark.parametrize("n", [1, 8])
+def test_ve_sampler_recovers_the_sample_of_the_training_noise(sde, n):
+    """The VE parameterisation is the one the training noise implies: from x0 + sigma_T eps with
+    the exact eps it lands on x0 (the VP view of the same state would scale x0 by 1 / alpha_t)."""
+    x0 = x_T(5) * 3.0
+    steps = inference_timesteps(SCHED, n)
+    start = x0 + SCHED.sigma(steps[0]).item() * x_T(6)
+    sample = SAMPLERS["ve-sde-dpmsolver++" if sde else "ve-dpmsolver++"]
+    out = sample(ve_oracle(x0), start, steps, SCHED, final="zero", generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, x0, rtol=1e-5, atol=1e-5)
+    vp = SAMPLERS["sde-dpmsolver++" if sde else "dpmsolver++"](
+        ve_oracle(x0), start, steps, SCHED, final="zero", generator=torch.Generator().manual_seed(0))
+    assert (vp - x0).abs().max() > 0.1  # the VP reading of the same denoiser scales x0 by 1 / alpha
+
+
+def test_ve_first_order_step_is_ddim_ve():
+    """First-order VE DPM-Solver++: x' = x0 + (sigma'/sigma)(x - x0) (ODE); the SDE form keeps
+    (sigma'/sigma)^2 of the offset and adds sigma' sqrt(1 - (sigma'/sigma)^2) of fresh noise."""
+    x, x0, z = x_T(1), x_T(2), x_T(3)
+    s, s2 = SCHED.sigma(500).item(), SCHED.sigma(250).item()
+    r = s2 / s
+    torch.testing.assert_close(dpmpp_update(x, x0, 500, 250, SCHED, ve=True), x0 + r * (x - x0))
+    torch.testing.assert_close(dpmpp_update(x, x0, 500, 250, SCHED, noise=z, ve=True),
+                               x0 + r * r * (x - x0) + s2 * (1 - r * r) ** 0.5 * z)
+    torch.testing.assert_close(data_prediction(x, x0, 500, SCHED, ve=True), x - s * x0)

@@ -11,6 +11,14 @@ can interleave and the same generator gives bit-identical results.
   algorithm_type "sde-dpmsolver++" / "dpmsolver++", solver_order 1 or 2, for the same noise.
 - `sample_ddpm`: ancestral DDPM (Ho et al. 2020, Eq. 7 posterior; DDPO Eq. 2) on respaced steps.
 
+Parameterisation. The reference trains with local noise x_t = x_0 + sigma_t eps (no signal
+scaling: a variance-*exploding* process) but samples the offset from x_init as a variance-
+*preserving* state (alpha_t = sqrt(abar_t)), so every data prediction (x - sigma eps) / alpha is
+scaled up by 1 / alpha_t (5.8x at t = 999). `ve=True` runs the same DPM-Solver++ with alpha = 1,
+lambda = -log sigma: the sampler the training noise implies (first order it is DDIM-VE,
+x' = x0 + (sigma'/sigma)(x - x0); the SDE form is its ancestral version). The SAMPLERS names
+"ve-sde-dpmsolver++" and "ve-dpmsolver++" select it.
+
 `data_prediction` and `dpmpp_update` are the step math of `sample_dpmpp`, public so that the
 Distillation-DPO student's one-step training sample (training/student.py) runs the very same
 update with its autograd graph and an explicit noise tensor.
@@ -29,12 +37,13 @@ Denoise = Callable[[Tensor, int], Tensor]
 Callback = Callable[[int, int, Tensor, Tensor], None]  # (step index, t, new state, predicted x0)
 
 
-def _vp(schedule: Schedule, t: int | None) -> tuple[float, float, float]:
-    """(alpha, sigma, lambda = log alpha - log sigma) at step t; t=None is the clean end (sigma 0)."""
+def _vp(schedule: Schedule, t: int | None, ve: bool = False) -> tuple[float, float, float]:
+    """(alpha, sigma, lambda = log alpha - log sigma) at step t; t=None is the clean end (sigma 0).
+    VP: alpha = sqrt(abar_t); VE (the training noise, no signal scaling): alpha = 1."""
     if t is None:
         return 1.0, 0.0, math.inf
     abar = float(schedule.alphas_cumprod[t])
-    alpha, sigma = math.sqrt(abar), math.sqrt(1.0 - abar)
+    alpha, sigma = (1.0 if ve else math.sqrt(abar)), math.sqrt(1.0 - abar)
     return alpha, sigma, math.log(alpha) - math.log(sigma)
 
 
@@ -44,14 +53,14 @@ def standard_noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
 
-def data_prediction(x: Tensor, eps: Tensor, t: int, schedule: Schedule) -> Tensor:
+def data_prediction(x: Tensor, eps: Tensor, t: int, schedule: Schedule, *, ve: bool = False) -> Tensor:
     """x0_hat = (x - sigma_t eps) / alpha_t: the data prediction of a noise prediction (DPM-Solver++ Eq. 9)."""
-    alpha, sigma, _ = _vp(schedule, t)
+    alpha, sigma, _ = _vp(schedule, t, ve)
     return (x - sigma * eps) / alpha
 
 
 def dpmpp_update(x: Tensor, d: Tensor, t: int, t_next: int | None, schedule: Schedule, *,
-                 noise: Tensor | None = None) -> Tensor:
+                 noise: Tensor | None = None, ve: bool = False) -> Tensor:
     """One DPM-Solver++ update of state x from step t to t_next (None: the clean end) given the
     data prediction d (x0_hat, or the second-order midpoint combination).
 
@@ -61,8 +70,8 @@ def dpmpp_update(x: Tensor, d: Tensor, t: int, t_next: int | None, schedule: Sch
     Plain tensor arithmetic on Python floats, so the autograd graph through x and d is kept
     (the student's one-step sample needs it).
     """
-    alpha_s, sigma_s, lambda_s = _vp(schedule, t)
-    alpha_t, sigma_t, lambda_t = _vp(schedule, t_next)
+    alpha_s, sigma_s, lambda_s = _vp(schedule, t, ve)
+    alpha_t, sigma_t, lambda_t = _vp(schedule, t_next, ve)
     h = lambda_t - lambda_s
     e_h, e_2h = math.exp(-h), math.exp(-2.0 * h)
     if noise is not None:
@@ -73,12 +82,13 @@ def dpmpp_update(x: Tensor, d: Tensor, t: int, t_next: int | None, schedule: Sch
 
 def sample_dpmpp(denoise: Denoise, x: Tensor, timesteps: Tensor, schedule: Schedule, *,
                  sde: bool = True, order: int = 2, lower_order_final: bool = True,
-                 final: Literal["sigma_min", "zero"] = "sigma_min",
+                 final: Literal["sigma_min", "zero"] = "sigma_min", ve: bool = False,
                  generator: torch.Generator | None = None, callback: Callback | None = None) -> Tensor:
     """DPM-Solver++ from x at timesteps[0] down to t = 0.
 
     final="sigma_min" ends at t = 0 (sigma 0.0059, the reference's diffusers 0.18 behaviour);
-    final="zero" lands on the clean prediction. Orders above 2 are not implemented.
+    final="zero" lands on the clean prediction. Orders above 2 are not implemented. ve=True: the
+    variance-exploding parameterisation (module docstring).
     """
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order}")
@@ -89,15 +99,15 @@ def sample_dpmpp(denoise: Denoise, x: Tensor, timesteps: Tensor, schedule: Sched
     targets = steps[1:] + [0 if final == "sigma_min" else None]
     prev_x0, prev_lambda = None, None
     for i, (t, t_next) in enumerate(zip(steps, targets)):
-        lambda_s, lambda_t = _vp(schedule, t)[2], _vp(schedule, t_next)[2]
-        x0 = data_prediction(x, denoise(x, t), t, schedule)
+        lambda_s, lambda_t = _vp(schedule, t, ve)[2], _vp(schedule, t_next, ve)[2]
+        x0 = data_prediction(x, denoise(x, t), t, schedule, ve=ve)
         noise = standard_noise(x, generator) if sde else None
         last = i == n - 1 and ((lower_order_final and n < 15) or final == "zero")
         d = x0  # D0 (+ D1/2 at second order: the midpoint correction)
         if order == 2 and prev_x0 is not None and not last:
             r0 = (lambda_s - prev_lambda) / (lambda_t - lambda_s)
             d = x0 + (0.5 / r0) * (x0 - prev_x0)
-        x = dpmpp_update(x, d, t, t_next, schedule, noise=noise)
+        x = dpmpp_update(x, d, t, t_next, schedule, noise=noise, ve=ve)
         prev_x0, prev_lambda = x0, lambda_s
         if callback is not None:
             callback(i, t, x, x0)
@@ -133,4 +143,7 @@ SAMPLERS = {
     "sde-dpmsolver++": lambda denoise, x, ts, sched, **kw: sample_dpmpp(denoise, x, ts, sched, sde=True, **kw),
     "dpmsolver++": lambda denoise, x, ts, sched, **kw: sample_dpmpp(denoise, x, ts, sched, sde=False, **kw),
     "ddpm": sample_ddpm,
+    "ve-sde-dpmsolver++": lambda denoise, x, ts, sched, **kw: sample_dpmpp(denoise, x, ts, sched, sde=True, ve=True,
+                                                                           **kw),
+    "ve-dpmsolver++": lambda denoise, x, ts, sched, **kw: sample_dpmpp(denoise, x, ts, sched, sde=False, ve=True, **kw),
 }
