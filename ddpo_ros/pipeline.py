@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import numpy as np
 import torch
@@ -121,8 +122,9 @@ class Completer:
         if kind not in DEFAULTS:
             raise ValueError(f"kind must be one of {list(DEFAULTS)}, got {kind!r}")
         self.device = resolve_device(device)
-        self.encoder = encoder.eval().to(self.device)
-        self.denoiser = denoiser.eval().to(self.device)
+        # No networks at all is allowed: then every `complete` must bring its own `denoise`.
+        self.encoder = encoder.eval().to(self.device) if encoder is not None else None
+        self.denoiser = denoiser.eval().to(self.device) if denoiser is not None else None
         self.refiner = refiner.eval().to(self.device) if refiner is not None else None
         self.config = config
         self.kind = kind
@@ -258,8 +260,14 @@ class Completer:
     # -- the whole scene ----------------------------------------------------------------------
     @torch.no_grad()
     def complete(self, points, *, steps: int | None = None, refine: bool | None = None,
-                 guidance_scale: float | None = None, seed: int | None = None) -> Completion:
-        """Complete one scan. Raises ValueError for input the model cannot use."""
+                 guidance_scale: float | None = None, seed: int | None = None,
+                 denoise: Callable[[Tensor, int], Tensor] | None = None) -> Completion:
+        """Complete one scan. Raises ValueError for input the model cannot use.
+
+        `denoise(x_t, t) -> eps` replaces the networks (no encoder, no guidance): x_t is the
+        absolute (1, N, 3) state, as the denoiser sees it. The ideal denoiser of a known ground
+        truth (training/oracle.py) runs through every other stage of the real pipeline this way.
+        """
         c = self.config.completion
         steps = self.default_steps if steps is None else int(steps)
         guidance = self.default_guidance if guidance_scale is None else float(guidance_scale)
@@ -267,6 +275,8 @@ class Completer:
         seed = c.seed if seed is None else seed
         if refine and self.refiner is None:
             raise ValueError("refine requested but the weights have no refiner (pass refine=False)")
+        if denoise is None and self.denoiser is None:
+            raise ValueError("this Completer has no networks: pass denoise=")
         timesteps = inference_timesteps(self.schedule, steps)  # validates steps
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
@@ -277,10 +287,16 @@ class Completer:
         noise = torch.randn(x_init.shape, generator=generator).to(self.device)
         clock.mark("preprocess")
 
-        denoise = self._denoise_fn(x_init, partial, guidance)
+        if denoise is None:
+            denoise = self._denoise_fn(x_init, partial, guidance)
+        else:
+            given, guidance = denoise, 1.0
+
+            def denoise(offset: Tensor, t: int) -> Tensor:
+                return given(x_init + offset, t)
         clock.mark("encoder")
         sampler = SAMPLERS[c.sampler]
-        extra = {"final": c.final_sigma} if c.sampler != "ddpm" else {}
+        extra = {"final": c.final_sigma} if c.sampler != "ddpm" else {}  # every dpmsolver variant takes it
         offset = sampler(denoise, noise, timesteps, self.schedule, generator=generator,
                          callback=lambda i, t, x, x0: clock.mark(f"step {i + 1} (t={t})"), **extra)
 

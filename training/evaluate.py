@@ -26,7 +26,7 @@ from .data.kitti import SPLITS, find_sequences
 from .data.maps import sequence_map
 from .metrics import IOU_VOXELS, iou_counts, iou_from_counts, scene_metrics
 
-MEAN_KEYS = ("cd", "precision", "recall", "fscore", "jsd_3d", "jsd_bev", "emd")
+MEAN_KEYS = ("cd", "accuracy", "coverage", "precision", "recall", "fscore", "jsd_3d", "jsd_bev", "emd")
 
 
 def settings_of(args, completer) -> dict:
@@ -41,6 +41,34 @@ def settings_of(args, completer) -> dict:
             **({"precision": precision} if (precision := completer.config.completion.precision) != "fp32" else {})}
 
 
+def held_out_synthetic(count: int, start: int = 0, every: int = 1) -> list[tuple[str, Callable]]:
+    """(key, load) of held-out synthetic scenes: seeds from data.sets.HELD_OUT, never drawn in training."""
+    from .data.sets import HELD_OUT
+    from .data.synthetic import make_sample
+
+    def synthetic(seed):
+        sample = make_sample(seed)
+        return sample["scan"], sample["ground_truth"]
+    return [(f"synthetic:{HELD_OUT + i}", partial(synthetic, HELD_OUT + i)) for i in range(start, count, every)]
+
+
+def kitti_scenes(root, frames=None, cache_dir=None, sequences=None) -> list[tuple[str, Callable]]:
+    """(key, load) per scan of the sequences under `root`: every frame, the indices in `frames`, or
+    those `frames(len(sequence))` gives."""
+    seqs = [KittiSequence(p) for p in find_sequences(root, sequences or SPLITS["val"])]
+    maps: dict[str, np.ndarray] = {}
+
+    def kitti(seq, i):
+        if str(seq.root) not in maps:
+            maps.clear()  # one sequence's map in memory at a time
+            maps[str(seq.root)] = sequence_map(seq, cache_dir)[0]
+        scan = seq.scan(i)[:, :3]
+        raw = scan[np.linalg.norm(scan, axis=1) < 50.0]  # the viewpoint cells come from the raw scan
+        return scan, scan_ground_truth(maps[str(seq.root)], seq.pose(i), raw, z_max=4.4)
+    return [(str(seq.scans[i]), partial(kitti, seq, i)) for seq in seqs
+            for i in (range(len(seq)) if frames is None else frames(len(seq)) if callable(frames) else frames)]
+
+
 def scans_of(args) -> list[tuple[str, Callable[[], tuple[np.ndarray, np.ndarray]]]]:
     """(key, load) per scan to score; load() -> (raw scan (N, 3), ground truth in its frame).
 
@@ -48,28 +76,10 @@ def scans_of(args) -> list[tuple[str, Callable[[], tuple[np.ndarray, np.ndarray]
     seeds training never draws); anything else is a KITTI folder.
     """
     if str(args.data).startswith("synthetic:"):
-        from .data.sets import HELD_OUT
-        from .data.synthetic import make_sample
-
-        def synthetic(seed):
-            sample = make_sample(seed)
-            return sample["scan"], sample["ground_truth"]
-        todo = [(f"synthetic:{HELD_OUT + i}", partial(synthetic, HELD_OUT + i))
-                for i in range(args.start, int(str(args.data).split(":", 1)[1]), args.every)]
-        return todo[: args.limit] if args.limit else todo
-    names = args.sequences.split(",") if args.sequences else SPLITS[args.split]
-    seqs = [KittiSequence(p) for p in find_sequences(args.data, names)]
-    maps: dict[str, np.ndarray] = {}
-
-    def kitti(seq, i):
-        if str(seq.root) not in maps:
-            maps.clear()  # one sequence's map in memory at a time
-            maps[str(seq.root)] = sequence_map(seq, args.cache_dir)[0]
-        scan = seq.scan(i)[:, :3]
-        raw = scan[np.linalg.norm(scan, axis=1) < 50.0]  # the viewpoint cells come from the raw scan
-        return scan, scan_ground_truth(maps[str(seq.root)], seq.pose(i), raw, z_max=4.4)
-    todo = [(str(seq.scans[i]), partial(kitti, seq, i)) for seq in seqs
-            for i in range(args.start, len(seq), args.every)]
+        todo = held_out_synthetic(int(str(args.data).split(":", 1)[1]), args.start, args.every)
+    else:
+        names = args.sequences.split(",") if args.sequences else SPLITS[args.split]
+        todo = kitti_scenes(args.data, lambda n: range(args.start, n, args.every), args.cache_dir, names)
     return todo[: args.limit] if args.limit else todo
 
 

@@ -178,9 +178,29 @@ def emd_exact(pred, gt, voxel: float = 0.5) -> float:
     return transport_lp(x, y, a, b)
 
 
+def completion_metrics(pred, gt, taus=(0.1, 0.2, 0.5), voxels=(0.5, 0.2), workers: int = -1) -> dict:
+    """What a completion gained over its scan, in plain terms (metres; fractions in [0, 1]):
+
+    accuracy = mean NN distance pred -> gt, coverage = mean gt -> pred, cd = their mean (the
+    paper's CD); precision / recall / F at single thresholds tau (share of pred (gt) points with a
+    gt (pred) point closer than tau, F = 2PR / (P + R)); one scan's voxel IoU at each size.
+    """
+    pred, gt = _cloud(pred, "pred"), _cloud(gt, "gt")
+    d_pg, d_gp = nn_distances(pred, gt, workers)
+    out = {"cd": float((d_pg.mean() + d_gp.mean()) / 2), "accuracy": float(d_pg.mean()),
+           "coverage": float(d_gp.mean())}
+    for tau in taus:
+        p, r = float((d_pg < tau).mean()), float((d_gp < tau).mean())
+        out[f"f@{tau}"] = 2 * p * r / (p + r) if p + r > 0 else 0.0
+        out[f"precision@{tau}"], out[f"recall@{tau}"] = p, r
+    for v in voxels:
+        out[f"iou@{v}"] = voxel_iou(pred, gt, v)
+    return out
+
+
 def scene_metrics(pred, gt, *, emd: bool = True, legacy_iou: bool = False, workers: int = -1) -> dict:
-    """Every metric of one scan: cd, precision, recall, fscore, jsd_3d, jsd_bev, emd (None when skipped)
-    and iou_counts {"0.5": (tp, fp, fn), "0.2": ..., "0.1": ...}.
+    """Every metric of one scan: cd (and its halves accuracy, coverage), precision, recall, fscore,
+    jsd_3d, jsd_bev, emd (None when skipped) and iou_counts {"0.5": (tp, fp, fn), "0.2": ..., "0.1": ...}.
 
     The IoU keys are str(voxel), so a row reads the same before and after a JSON round trip.
     """
@@ -188,6 +208,8 @@ def scene_metrics(pred, gt, *, emd: bool = True, legacy_iou: bool = False, worke
     d_pg, d_gp = nn_distances(pred, gt, workers)  # shared by CD and precision / recall
     return {
         "cd": float((d_pg.mean() + d_gp.mean()) / 2),
+        "accuracy": float(d_pg.mean()),   # mean NN distance pred -> gt
+        "coverage": float(d_gp.mean()),   # mean NN distance gt -> pred
         **_pr_auc(d_pg, d_gp, TAUS),
         "jsd_3d": jsd_3d(pred, gt),
         "jsd_bev": jsd_bev(pred, gt),

@@ -1,0 +1,158 @@
+"""The formulation's ceiling: completions driven by the ideal denoiser (training/oracle.py).
+
+Every scene goes through the real Completer (farthest-point sampling, x_init, the configured
+sampler, the r / z crop; no refiner, no guidance) with eps* of its own ground truth in place of
+the networks, for each sampler and step count, next to the scan itself and the sampled scan
+points the diffusion starts from. No teacher trained with LiDiff's loss can beat these numbers on
+these scenes; they are the yardstick for the mini teacher.
+
+    python tools/oracle_study.py --out bench/oracle            # ~1 h on 2 cores with the defaults
+
+Writes OUT.jsonl (one line per completion, resumable: rerun to continue), OUT.json (means per
+dataset, sampler and steps) and OUT.md (the README's tables).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # training/ is not an installed package
+from ddpo_ros.config import Config, load_config  # noqa: E402
+from ddpo_ros.diffusion import schedule_from_config  # noqa: E402
+from ddpo_ros.ground_truth import partial_scan  # noqa: E402
+from ddpo_ros.pipeline import Completer  # noqa: E402
+from training.evaluate import held_out_synthetic, kitti_scenes  # noqa: E402
+from training.metrics import completion_metrics  # noqa: E402
+from training.oracle import OracleDenoiser  # noqa: E402
+
+SAMPLERS = ("sde-dpmsolver++", "dpmsolver++", "ve-sde-dpmsolver++", "ve-dpmsolver++")
+COLUMNS = (("cd", "CD m"), ("accuracy", "acc m"), ("coverage", "cov m"), ("f@0.1", "F 0.1"), ("f@0.2", "F 0.2"),
+           ("f@0.5", "F 0.5"), ("iou@0.5", "IoU 0.5"), ("iou@0.2", "IoU 0.2"))
+
+
+def scenes(args) -> list[tuple[str, str, object]]:
+    """(dataset, key, load) for the held-out synthetic scenes and the KITTI frames asked for."""
+    out = [("synthetic", key, load) for key, load in held_out_synthetic(args.synthetic)]
+    if args.kitti_frames:
+        frames = [int(f) for f in args.kitti_frames.split(",")]
+        out += [("kitti", key, load) for key, load in kitti_scenes(args.kitti, frames, args.cache_dir)]
+    return out
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Mean of every metric per (dataset, method), methods in first-seen order."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["method"]), []).append(r)
+    return {f"{d}|{m}": {"dataset": d, "method": m, "scenes": len(rs),
+                         **{k: float(np.mean([r["metrics"][k] for r in rs])) for k in rs[0]["metrics"]},
+                         "seconds": float(np.mean([r.get("seconds", 0.0) for r in rs]))}
+            for (d, m), rs in groups.items()}
+
+
+def markdown(summary: dict, facts: str) -> str:
+    lines = [facts, ""]
+    for dataset in dict.fromkeys(v["dataset"] for v in summary.values()):
+        rows = [v for v in summary.values() if v["dataset"] == dataset]
+        lines += [f"{dataset} ({rows[0]['scenes']} scenes):", "",
+                  "| method | " + " | ".join(h for _, h in COLUMNS) + " |",
+                  "|---|" + "---:|" * len(COLUMNS)]
+        for v in rows:
+            cells = [f"{v[k]:.3f}" if k in ("cd", "accuracy", "coverage") else f"{100 * v[k]:.1f}" for k, _ in COLUMNS]
+            lines.append(f"| {v['method']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="bench/oracle", help="OUT.jsonl, OUT.json, OUT.md")
+    p.add_argument("--config", default=str(REPO / "config" / "model" / "mini.yaml"),
+                   help="model config whose completion section (points, crop) is used")
+    p.add_argument("--synthetic", type=int, default=8, help="held-out synthetic scenes")
+    p.add_argument("--kitti", default=str(REPO.parent / "shared" / "data" / "kitti_seq00_0_39"))
+    p.add_argument("--kitti-frames", default="10,20,30")
+    p.add_argument("--cache-dir", default="runs/maps")
+    p.add_argument("--samplers", default=",".join(SAMPLERS))
+    p.add_argument("--steps", default="1,2,4,8,50")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    config = load_config(args.config, Config)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sink_path = out.with_suffix(".jsonl")
+    done = {}
+    if sink_path.exists():
+        for line in sink_path.read_text().splitlines():
+            row = json.loads(line)
+            done[(row["key"], row["method"])] = row
+    schedule = schedule_from_config(config.diffusion)
+    samplers, steps = args.samplers.split(","), [int(s) for s in args.steps.split(",")]
+    todo = scenes(args)
+    rows = []
+    with sink_path.open("a") as sink, tqdm(total=len(todo) * (2 + len(samplers) * len(steps)),
+                                           desc="oracle", file=sys.stderr) as bar:
+        for n, (dataset, key, load) in enumerate(todo):
+            scan = gt = oracle = None
+
+            def emit(method, pred, seconds=0.0, **extra):
+                row = {"dataset": dataset, "key": key, "method": method, "seconds": seconds,
+                       "points": len(pred), "metrics": completion_metrics(pred, gt), **extra}
+                sink.write(json.dumps(row) + "\n")
+                sink.flush()
+                return row
+            methods = [f"{s}, {k} steps" for s in samplers for k in steps]
+            for method in ["scan", "sampled scan points (x_init)", *methods]:
+                if (key, method) in done:
+                    rows.append(done[(key, method)])
+                    bar.update(1)
+                    continue
+                if scan is None:
+                    scan, gt = load()
+                    oracle = OracleDenoiser(gt, schedule)
+                if method == "scan":
+                    rows.append(emit(method, partial_scan(scan)))
+                elif method.startswith("sampled"):
+                    partial, _ = Completer(None, None, None, config).preprocess(scan)
+                    rows.append(emit(method, partial))
+                else:
+                    sampler, k = method.rsplit(", ", 1)
+                    cfg = replace(config, completion=replace(config.completion, sampler=sampler))
+                    start = time.perf_counter()
+                    result = Completer(None, None, None, cfg).complete(
+                        scan, steps=int(k.split()[0]), refine=False, seed=args.seed + n, denoise=oracle)
+                    rows.append(emit(method, result.points, time.perf_counter() - start))
+                bar.update(1)
+    summary = summarise(rows)
+    facts = (f"{datetime.now(timezone.utc):%Y-%m-%d}, {_machine()}; oracle denoiser (training/oracle.py) in the "
+             f"Completer, {config.completion.num_points:,} sampled scan points x {config.completion.replication} "
+             f"= {config.completion.num_points * config.completion.replication:,} diffused, no refiner, no guidance; "
+             f"F and IoU in %.")
+    out.with_suffix(".json").write_text(json.dumps({"facts": facts, "config": args.config, "summary": summary},
+                                                   indent=1))
+    out.with_suffix(".md").write_text(markdown(summary, facts))
+    print(markdown(summary, facts))
+    return 0
+
+
+def _machine() -> str:
+    import os
+    import platform
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
