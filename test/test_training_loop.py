@@ -134,3 +134,15 @@ def test_two_processes_under_torchrun_gloo(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     # 6 scenes, batch 1 per rank, 2 ranks: 3 steps; rank 0 saved them
     assert (tmp_path / "ddp" / "checkpoints" / "latest").read_text() == "step_0000003"
+
+
+def test_noise_levels_draw_one_t_per_stratum():
+    """teacher.noise_levels: the batch's t cover 0..T-1, one per equal stratum, shuffled, seeded."""
+    from training.teacher import draw_steps
+
+    t = draw_steps(8, 1000, torch.Generator().manual_seed(0))
+    assert sorted((t // 125).tolist()) == list(range(8))
+    assert torch.equal(t, draw_steps(8, 1000, torch.Generator().manual_seed(0)))
+    draws = torch.cat([draw_steps(4, 1000, torch.Generator().manual_seed(s)) for s in range(500)])
+    assert draws.min() >= 0 and draws.max() <= 999
+    assert abs(draws.float().mean().item() - 499.5) < 15  # marginally uniform

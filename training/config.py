@@ -77,9 +77,14 @@ class TeacherConfig:
     uncond_prob: float = 0.1               # per batch, the whole batch gets the all-zero condition
     reg_weight: float = 5.0
     init: str = ""                         # start from these weights (roles encoder + teacher); "": random
+    # Each scene of a batch is noised at this many t, stratified over 0..T-1 across the batch, so
+    # every batch (and BatchNorm's statistics) spans the noise levels (1: one uniform t per scene, LiDiff).
+    noise_levels: int = 1
 
     def __post_init__(self):
         _check(0 <= self.uncond_prob <= 1, "teacher.uncond_prob", "must be in [0, 1]")
+        _check(self.reg_weight >= 0, "teacher.reg_weight", "must be >= 0")
+        _check(self.noise_levels >= 1, "teacher.noise_levels", "must be >= 1")
 
 
 @dataclass(frozen=True)

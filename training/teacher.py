@@ -22,6 +22,14 @@ from .losses import lidiff_loss
 from .validation import validator
 
 
+def draw_steps(n: int, num_train_timesteps: int, generator: torch.Generator) -> torch.Tensor:
+    """n steps t for one batch: one draw from each of n equal strata of 0..T-1, shuffled, so the
+    batch always spans the noise levels (each t is still marginally uniform)."""
+    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    t = ((torch.arange(n, dtype=torch.float64) + u) * num_train_timesteps / n).long()
+    return t[torch.randperm(n, generator=generator)].clamp_(0, num_train_timesteps - 1)
+
+
 def make_optimizer(cfg, params) -> torch.optim.Optimizer:
     if cfg.train.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.train.lr, betas=(0.9, 0.999))
@@ -45,7 +53,12 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
         encoder.train()
         denoiser.train()
         partial, gt = batch["partial"].to(run.device), batch["gt"].to(run.device)
-        t = torch.randint(0, schedule.num_train_timesteps, (len(gt),), generator=g)
+        if c.noise_levels > 1:  # each scene several times, each copy at its own t
+            partial = partial.repeat_interleave(c.noise_levels, 0)
+            gt = gt.repeat_interleave(c.noise_levels, 0)
+            t = draw_steps(len(gt), schedule.num_train_timesteps, g)
+        else:
+            t = torch.randint(0, schedule.num_train_timesteps, (len(gt),), generator=g)
         noise = torch.randn(gt.shape, generator=g)
         x_t = add_local_noise(schedule, gt, t.to(run.device), noise.to(run.device))
         # CFG dropout for the whole batch, as LiDiff. The all-zero scan is one voxel per sample at every
