@@ -32,7 +32,7 @@ bench: $(STAMP)
 	$(VENV)/bin/ddpo bench-scene --out bench/scene.json
 
 # Train the mini teacher, refiner, Distillation-DPO and score-distillation students on this CPU, score
-# them (bench/mini_benchmark.json/.md) and bundle ddpo_ros/weights/mini.safetensors (~40 min on 2 cores).
+# them (bench/mini_benchmark.json/.md; --bundle also replaces ddpo_ros/weights/mini.safetensors) (~40 min on 2 cores).
 mini-benchmark: $(STAMP)
 	$(PY) tools/mini_benchmark.py --out runs/mini
 

@@ -68,7 +68,12 @@ def play(bag: str | Path, *, rate: float = 1.0, topics: list[str] | None = None,
                 cls = message_class(conn.msgtype)
                 if cls is None:
                     if conn.msgtype not in skipped:
-                        log(f"warning: {conn.msgtype} is not importable here; skipping {conn.topic}")
+                        package = conn.msgtype.split("/")[0]
+                        log(f"note: skipping {conn.topic}: this Python cannot import {conn.msgtype} (the "
+                            f"{package} package is not installed; there is no ros-jazzy-{package.replace('_', '-')} "
+                            "wheel on PyPI, a ROS install has it). The recording keeps it; only this player "
+                            "cannot publish it" + (" (the node needs TF only with target_frame set)"
+                                                   if package == "tf2_msgs" else ""))
                         skipped.add(conn.msgtype)
                     continue
                 latched = _transient_local(conn)

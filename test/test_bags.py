@@ -309,5 +309,6 @@ def test_player_skips_types_it_cannot_import(kitti_bag, tmp_path):
     play = subprocess.run([sys.executable, "-m", "ddpo_ros.cli", "play", str(kitti_bag), "--rate", "50",
                            "--no-clock"], env=env, capture_output=True, text=True, timeout=60)
     assert play.returncode == 0, play.stderr
-    assert play.stderr.count("tf2_msgs/msg/TFMessage is not importable here") == 1
+    assert play.stderr.count("cannot import tf2_msgs/msg/TFMessage") == 1
+    assert "no ros-jazzy-tf2-msgs wheel on PyPI" in play.stderr and "only with target_frame" in play.stderr
     assert "/velodyne_points: 4" in play.stderr and "/clock" not in play.stderr and "/tf:" not in play.stderr

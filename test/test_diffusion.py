@@ -8,8 +8,8 @@ import torch
 
 from ddpo_ros.config import DiffusionConfig
 from ddpo_ros.diffusion import (SAMPLERS, add_local_noise, data_prediction, dpmpp_update, guide, guided,
-                                inference_timesteps, initial_state, make_schedule, sample_ddpm, sample_dpmpp, schedule_from_config,
-                                unconditional_cloud)
+                                inference_timesteps, initial_state, make_schedule, sample_ddpm, sample_dpmpp,
+                                schedule_from_config, unconditional_cloud)
 
 diffusers = pytest.importorskip("diffusers")
 SCHED = make_schedule()

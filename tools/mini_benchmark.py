@@ -1,6 +1,6 @@
 """`make mini-benchmark`: the paper's Tables 2 and 6 in miniature, trained and measured on this CPU.
 
-1. a mini LiDiff teacher in two phases, batch 1 (config/train/teacher_mini.yaml) then a short
+1. the earlier mini LiDiff teacher in two phases, batch 1 (config/train/teacher_mini_phase1.yaml) then a short
    fine-tune at batch 4 so BatchNorm's running statistics serve every t (teacher_mini_tune.yaml
    says why), and a mini refiner (refine_mini.yaml);
 2. the teacher distilled with Distillation-DPO (distill_mini.yaml) and with score distillation
@@ -9,7 +9,7 @@
    that training never saw (kitti_seq00_0_39 frames 10, 20, 30; training uses frames 0-5):
    teacher 50 and 8 steps (and 8 steps before the batch-4 phase), score distillation 8 steps,
    Distillation-DPO 8/4/2/1 steps, without the refiner (the reference evaluates the diffusion output, `-ur False`);
-4. bench/mini_benchmark.json and .md, and the student + encoder + refiner merged into
+4. bench/mini_benchmark.json and .md; with --bundle, the student + encoder + refiner merged into
    ddpo_ros/weights/mini.safetensors (the weights `make demo` and the node use).
 
 Each stage's budget is a step count (--teacher-steps, ...); rerunning skips finished stages,
@@ -107,14 +107,16 @@ def main(argv=None) -> int:
     p.add_argument("--refine-steps", type=int, default=100)
     p.add_argument("--student-steps", type=int, default=20)
     p.add_argument("--synthetic-scenes", type=int, default=1, help="held-out synthetic scenes scored")
-    p.add_argument("--no-bundle", action="store_true", help="do not write ddpo_ros/weights/mini.safetensors")
+    p.add_argument("--bundle", action="store_true",
+                   help="write the student + encoder + refiner to ddpo_ros/weights/mini.safetensors (replacing the "
+                        "bundled teacher)")
     args = p.parse_args(argv)
     out = (REPO / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     log = out / "log.txt"
     started = time.perf_counter()
 
-    phase1 = stage("teacher", "teacher_mini.yaml", out / "teacher", args.teacher_steps, log)
+    phase1 = stage("teacher", "teacher_mini_phase1.yaml", out / "teacher", args.teacher_steps, log)
     check_teacher(out / "teacher_tune", str(steps_done(phase1.parent)))
     teacher = stage("teacher", "teacher_mini_tune.yaml", out / "teacher_tune", args.tune_steps, log,
                     "--set", f"teacher.init={phase1}")
@@ -163,7 +165,7 @@ def main(argv=None) -> int:
     (bench / "mini_benchmark.json").write_text(json.dumps(result, indent=1))
     (bench / "mini_benchmark.md").write_text(markdown(result))
     print(markdown(result))
-    if not args.no_bundle:
+    if args.bundle:
         bundle = REPO / "ddpo_ros" / "weights" / "mini.safetensors"
         bundle.parent.mkdir(exist_ok=True)
         sh([sys.executable, "-m", "ddpo_ros.cli", "convert", students["distill"], refiner, "-o", bundle,

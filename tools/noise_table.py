@@ -58,7 +58,8 @@ def main(argv=None) -> int:
             cond = encoder(item["partial"][None])
             for t in TS:
                 g = torch.Generator().manual_seed(1000 * n + t)
-                others = [int(s) for s in np.linspace(0, 999, args.levels + 1)[1:] if abs(s - t) > 100][:args.levels - 1]
+                spread = np.linspace(0, 999, args.levels + 1)[1:]
+                others = [int(s) for s in spread if abs(s - t) > 100][:args.levels - 1]
                 steps = torch.tensor([t, *others])
                 noise = torch.randn((len(steps), *item["gt"].shape), generator=g)
                 x_t = add_local_noise(schedule, item["gt"][None].expand(len(steps), -1, -1), steps, noise)

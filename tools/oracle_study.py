@@ -6,10 +6,16 @@ the networks, for each sampler and step count, next to the scan itself and the s
 points the diffusion starts from. No teacher trained with LiDiff's loss can beat these numbers on
 these scenes; they are the yardstick for the mini teacher.
 
-    python tools/oracle_study.py --out bench/oracle            # ~1 h on 2 cores with the defaults
+    python tools/oracle_study.py --out bench/oracle --samplers sde-dpmsolver++,ve-sde-dpmsolver++ --steps 1,2,4,8
+    python tools/oracle_study.py --out bench/oracle --samplers dpmsolver++,ve-dpmsolver++ --steps 8
+    python tools/oracle_study.py --out bench/oracle --synthetic 2 --kitti-frames 20 --steps 50 \
+        --samplers sde-dpmsolver++,ve-sde-dpmsolver++
 
-Writes OUT.jsonl (one line per completion, resumable: rerun to continue), OUT.json (means per
-dataset, sampler and steps) and OUT.md (the README's tables).
+(the README's table: ~40, ~15 and ~25 min on 2 cores).
+
+Writes OUT.jsonl (one line per completion, resumable: rerun to continue; runs with other samplers,
+steps or scenes add to it), OUT.json (means per dataset and method over every row of OUT.jsonl)
+and OUT.md (the README's tables).
 """
 from __future__ import annotations
 
@@ -63,12 +69,12 @@ def markdown(summary: dict, facts: str) -> str:
     lines = [facts, ""]
     for dataset in dict.fromkeys(v["dataset"] for v in summary.values()):
         rows = [v for v in summary.values() if v["dataset"] == dataset]
-        lines += [f"{dataset} ({rows[0]['scenes']} scenes):", "",
-                  "| method | " + " | ".join(h for _, h in COLUMNS) + " |",
-                  "|---|" + "---:|" * len(COLUMNS)]
+        lines += [f"{dataset}:", "",
+                  "| method | scenes | " + " | ".join(h for _, h in COLUMNS) + " |",
+                  "|---|---:|" + "---:|" * len(COLUMNS)]
         for v in rows:
             cells = [f"{v[k]:.3f}" if k in ("cd", "accuracy", "coverage") else f"{100 * v[k]:.1f}" for k, _ in COLUMNS]
-            lines.append(f"| {v['method']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {v['method']} | {v['scenes']} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -133,7 +139,8 @@ def main(argv=None) -> int:
                         scan, steps=int(k.split()[0]), refine=False, seed=args.seed + n, denoise=oracle)
                     rows.append(emit(method, result.points, time.perf_counter() - start))
                 bar.update(1)
-    summary = summarise(rows)
+    # Every row in the file, also those of earlier runs with other samplers, steps or scenes.
+    summary = summarise([json.loads(line) for line in sink_path.read_text().splitlines()])
     facts = (f"{datetime.now(timezone.utc):%Y-%m-%d}, {_machine()}; oracle denoiser (training/oracle.py) in the "
              f"Completer, {config.completion.num_points:,} sampled scan points x {config.completion.replication} "
              f"= {config.completion.num_points * config.completion.replication:,} diffused, no refiner, no guidance; "
