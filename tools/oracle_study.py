@@ -28,10 +28,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # training/ is not an installed package
+from ddpo_ros.bench import machine_facts  # noqa: E402
 from ddpo_ros.config import Config, load_config  # noqa: E402
 from ddpo_ros.diffusion import schedule_from_config  # noqa: E402
 from ddpo_ros.ground_truth import partial_scan  # noqa: E402
@@ -50,7 +52,7 @@ def scenes(args) -> list[tuple[str, str, object]]:
     out = [("synthetic", key, load) for key, load in held_out_synthetic(args.synthetic)]
     if args.kitti_frames:
         frames = [int(f) for f in args.kitti_frames.split(",")]
-        out += [("kitti", key, load) for key, load in kitti_scenes(args.kitti, frames, args.cache_dir)]
+        out += [("kitti", key, load) for key, load in kitti_scenes(args.kitti, lambda n: frames, args.cache_dir)]
     return out
 
 
@@ -105,7 +107,6 @@ def main(argv=None) -> int:
     schedule = schedule_from_config(config.diffusion)
     samplers, steps = args.samplers.split(","), [int(s) for s in args.steps.split(",")]
     todo = scenes(args)
-    rows = []
     with sink_path.open("a") as sink, tqdm(total=len(todo) * (2 + len(samplers) * len(steps)),
                                            desc="oracle", file=sys.stderr) as bar:
         for n, (dataset, key, load) in enumerate(todo):
@@ -116,28 +117,27 @@ def main(argv=None) -> int:
                        "points": len(pred), "metrics": completion_metrics(pred, gt), **extra}
                 sink.write(json.dumps(row) + "\n")
                 sink.flush()
-                return row
             methods = [f"{s}, {k} steps" for s in samplers for k in steps]
             for method in ["scan", "sampled scan points (x_init)", *methods]:
                 if (key, method) in done:
-                    rows.append(done[(key, method)])
                     bar.update(1)
                     continue
                 if scan is None:
                     scan, gt = load()
                     oracle = OracleDenoiser(gt, schedule)
                 if method == "scan":
-                    rows.append(emit(method, partial_scan(scan)))
+                    emit(method, partial_scan(scan))
                 elif method.startswith("sampled"):
                     partial, _ = Completer(None, None, None, config).preprocess(scan)
-                    rows.append(emit(method, partial))
+                    emit(method, partial)
                 else:
                     sampler, k = method.rsplit(", ", 1)
                     cfg = replace(config, completion=replace(config.completion, sampler=sampler))
                     start = time.perf_counter()
                     result = Completer(None, None, None, cfg).complete(
                         scan, steps=int(k.split()[0]), refine=False, seed=args.seed + n, denoise=oracle)
-                    rows.append(emit(method, result.points, time.perf_counter() - start))
+                    # truncated: queries whose 4-sigma ball held more than max_neighbours points so far
+                    emit(method, result.points, time.perf_counter() - start, truncated=oracle.truncated)
                 bar.update(1)
     # Every row in the file, also those of earlier runs with other samplers, steps or scenes.
     summary = summarise([json.loads(line) for line in sink_path.read_text().splitlines()])
@@ -153,12 +153,8 @@ def main(argv=None) -> int:
 
 
 def _machine() -> str:
-    import os
-    import platform
-
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return f"{cpu}, {os.cpu_count()} cores"
+    facts = machine_facts("cpu", torch.get_num_threads(), [])
+    return f"{facts['cpu']}, {facts['cores']} cores"
 
 
 if __name__ == "__main__":

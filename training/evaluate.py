@@ -53,8 +53,8 @@ def held_out_synthetic(count: int, start: int = 0, every: int = 1) -> list[tuple
 
 
 def kitti_scenes(root, frames=None, cache_dir=None, sequences=None) -> list[tuple[str, Callable]]:
-    """(key, load) per scan of the sequences under `root`: every frame, the indices in `frames`, or
-    those `frames(len(sequence))` gives."""
+    """(key, load) per scan of the sequences under `root`: every frame, or the indices
+    `frames(len(sequence))` gives."""
     seqs = [KittiSequence(p) for p in find_sequences(root, sequences or SPLITS["val"])]
     maps: dict[str, np.ndarray] = {}
 
@@ -66,7 +66,7 @@ def kitti_scenes(root, frames=None, cache_dir=None, sequences=None) -> list[tupl
         raw = scan[np.linalg.norm(scan, axis=1) < 50.0]  # the viewpoint cells come from the raw scan
         return scan, scan_ground_truth(maps[str(seq.root)], seq.pose(i), raw, z_max=4.4)
     return [(str(seq.scans[i]), partial(kitti, seq, i)) for seq in seqs
-            for i in (range(len(seq)) if frames is None else frames(len(seq)) if callable(frames) else frames)]
+            for i in (range(len(seq)) if frames is None else frames(len(seq)))]
 
 
 def scans_of(args) -> list[tuple[str, Callable[[], tuple[np.ndarray, np.ndarray]]]]:
