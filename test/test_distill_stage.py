@@ -1,6 +1,7 @@
 """Distillation-DPO and score distillation as stages: the student learns, frozen networks stay frozen."""
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -110,3 +111,21 @@ def test_diffusion_dpo_fine_tunes_the_teacher(tmp_path, teacher_weights):
                and not torch.equal(w[k], t0[k])]
     assert changed  # the fine-tuned teacher moved; the encoder did not
     assert all(torch.equal(w[k], t0[k]) for k in t0 if k.startswith("encoder."))
+
+
+def test_diffusion_dpo_starts_at_margin_zero_and_loss_log_2(tmp_path, teacher_weights):
+    """Policy and reference are the same network in the same BatchNorm mode at the first step, so the
+    implicit reward margin is 0 and -log sigmoid(0) = log 2 (a train-mode policy breaks this)."""
+    from torch.utils.data import default_collate
+
+    from training import diffusion_dpo
+    from training.config import load_train_config
+    from training.data.sets import build_sets
+    from training.loop import setup
+    cfg = load_train_config(config(tmp_path, "diffusion-dpo", teacher_weights, completion={"denoiser": "teacher"},
+                                   dpo={"beta": 5000.0}), {})
+    train_set, _ = build_sets(cfg)
+    stage = diffusion_dpo.build(cfg, train_set=train_set, val_set=None, run=setup(cfg, tmp_path / "run"))
+    logs = stage.step(default_collate([train_set[0]]))
+    assert logs["dpo/implicit_margin"] == 0.0
+    assert logs["loss/dpo"] == pytest.approx(math.log(2.0), abs=1e-7)

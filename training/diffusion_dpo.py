@@ -5,8 +5,9 @@ reference. Preference pairs are made on-policy from the reference: two one-step 
 x_init + eps and x_init + lam eps (as Distillation-DPO's, Eq. 19), ranked by Chamfer distance to
 the ground truth (or JSD). Both are noised with one shared t and noise n, and the loss is
 -log sigmoid(-beta/2 [(e_w - e_w^ref) - (e_l - e_l^ref)]), with e = ||n - eps(x_t, t)||^2 per
-sample (training/losses.py). The encoder stays frozen. The reference's own fine-tuning code is
-not released (reference section 4), so the pair source and beta are our choices; see dpo.beta.
+sample (training/losses.py). The encoder stays frozen; policy and reference both run in eval
+mode. The reference's own fine-tuning code is not released (reference section 4), so the pair
+source and beta are our choices; see dpo.beta.
 """
 from __future__ import annotations
 
@@ -50,7 +51,10 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
         x_wt, x_lt = add_local_noise(schedule, x_w, t, n), add_local_noise(schedule, x_l, t, n)
         with torch.no_grad():
             ref_w, ref_l = errors(reference, x_wt, cond, t, n), errors(reference, x_lt, cond, t, n)
-        model.train()
+        # The policy runs in the reference's mode (eval: BatchNorm on the teacher's running statistics),
+        # so a policy equal to the reference has margin 0 and loss log 2 (Eq. 10's starting point);
+        # in train mode batch statistics alone would make the margin non-zero before any update.
+        model.eval()
         err_w, err_l = errors(net, x_wt, cond, t, n), errors(net, x_lt, cond, t, n)
         loss = diffusion_dpo_loss(err_w, err_l, ref_w, ref_l, cfg.dpo.beta)
         norm = run.optimise(optimizer, loss, model.parameters())
