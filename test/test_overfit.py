@@ -23,13 +23,14 @@ from torch.utils.data import Dataset
 
 from ddpo_ros.config import CompletionConfig, ModelConfig
 from ddpo_ros.diffusion import schedule_from_config
-from ddpo_ros.ground_truth import nn_distances, partial_scan
+from ddpo_ros.ground_truth import partial_scan
 from ddpo_ros.pipeline import Completer
 from training.config import DataConfig, LoopConfig, TeacherConfig, TrainConfig
 from training.data.kitti import training_pair
 from training.data.lidar import Lidar
 from training.data.synthetic import make_sample
 from training.loop import inference_config, setup, train
+from training.metrics import completion_metrics
 from training.oracle import OracleDenoiser, noise_mse
 from training import teacher
 
@@ -84,8 +85,8 @@ def config(steps: int, sampler: str = "ve-sde-dpmsolver++") -> TrainConfig:
 
 def scores(points, gt) -> dict[str, float]:
     """CD and coverage (mean distance ground truth -> points), metres."""
-    d_pg, d_gp = nn_distances(points, gt)
-    return {"cd": round(float(d_pg.mean() + d_gp.mean()) / 2, 4), "coverage": round(float(d_gp.mean()), 4)}
+    m = completion_metrics(points, gt, taus=(), voxels=())
+    return {"cd": round(m["cd"], 4), "coverage": round(m["coverage"], 4)}
 
 
 def completions(cfg, encoder, denoiser, scan, gt, seeds=range(3), denoise=None) -> list[dict[str, float]]:
@@ -94,9 +95,8 @@ def completions(cfg, encoder, denoiser, scan, gt, seeds=range(3), denoise=None) 
             for s in seeds]
 
 
-def noise_mses(encoder, denoiser, item, eps_fn=None, ts=(999, 500, 250, 125)) -> dict[int, float]:
+def noise_mses(schedule, encoder, denoiser, item, eps_fn=None, ts=(999, 500, 250, 125)) -> dict[int, float]:
     """Noise MSE per t on the training scene (the loss at t): the network's, or eps_fn's."""
-    schedule = schedule_from_config(config(1).diffusion)
     with torch.no_grad():
         cond = encoder(item["partial"][None]) if eps_fn is None else None
         fn = eps_fn or (lambda x, s: denoiser(x, cond, torch.tensor([s])))
@@ -107,21 +107,22 @@ def noise_mses(encoder, denoiser, item, eps_fn=None, ts=(999, 500, 250, 125)) ->
 def overfit(tmp_path_factory):
     torch.manual_seed(0)
     scan, gt = small_scene()
-    cfg = config(TRAIN_STEPS)
+    cfg, scene = config(TRAIN_STEPS), OneScene(scan, gt)
+    schedule, item = schedule_from_config(cfg.diffusion), scene.item
     run = setup(cfg, tmp_path_factory.mktemp("overfit"))
-    stage = teacher.build(cfg, run, OneScene(scan, gt), None)
+    stage = teacher.build(cfg, run, scene, None)
     encoder, denoiser = stage.models["encoder"].eval(), stage.models["teacher"].eval()
-    item = OneScene(scan, gt).item
     before = {"scores": completions(cfg, encoder, denoiser, scan, gt, seeds=[0]),
-              "mse": noise_mses(encoder, denoiser, item)}
-    train(cfg, stage, run)
-    encoder, denoiser = encoder.eval(), denoiser.eval()
-    after = {"scores": completions(cfg, encoder, denoiser, scan, gt), "mse": noise_mses(encoder, denoiser, item)}
+              "mse": noise_mses(schedule, encoder, denoiser, item)}
+    train(cfg, stage, run)  # leaves the networks in train mode
+    encoder.eval(), denoiser.eval()
+    after = {"scores": completions(cfg, encoder, denoiser, scan, gt),
+             "mse": noise_mses(schedule, encoder, denoiser, item)}
     # The ideal denoiser of the scene's surfaces (all of its ground truth, as bench/noise_mse), not
     # only of the 3,000 points drawn for training.
-    oracle = OracleDenoiser(gt, schedule_from_config(cfg.diffusion))
+    oracle = OracleDenoiser(gt, schedule)
     ideal = {"scores": completions(cfg, None, None, scan, gt, seeds=[0], denoise=oracle),
-             "mse": noise_mses(None, None, item, eps_fn=oracle)}
+             "mse": noise_mses(schedule, None, None, item, eps_fn=oracle)}
     the_scan = scores(scan, gt)
     print(f"\nscan {the_scan}\ncompletions: untrained {before['scores']}\n  trained {after['scores']}\n"
           f"  ideal {ideal['scores']}\nnoise MSE per t: untrained {before['mse']}\n  trained {after['mse']}\n"
@@ -163,8 +164,8 @@ def test_teacher_step_noises_at_the_drawn_t_and_regresses_that_noise(tmp_path):
     noising and target are checked here directly: x_t - x_0 is sigma_t of the t the network is
     told times unit noise, and the loss is the MSE of the network's output against that noise."""
     scan, gt = small_scene()
-    cfg = config(1)
-    stage = teacher.build(cfg, setup(cfg, tmp_path), OneScene(scan, gt), None)
+    cfg, scene = config(1), OneScene(scan, gt)
+    stage = teacher.build(cfg, setup(cfg, tmp_path), scene, None)
     net, seen = stage.models["teacher"], {}
     forward = net.forward
 
@@ -172,7 +173,7 @@ def test_teacher_step_noises_at_the_drawn_t_and_regresses_that_noise(tmp_path):
         seen.update(x_t=x_t.detach().clone(), t=t.clone(), eps=forward(x_t, cond, t))
         return seen["eps"]
     net.forward = spy
-    batch = {k: v[None] if torch.is_tensor(v) else [v] for k, v in OneScene(scan, gt).item.items()}
+    batch = {k: v[None] if torch.is_tensor(v) else [v] for k, v in scene.item.items()}
     logs = stage.step(batch)
     x0 = batch["gt"].repeat_interleave(cfg.teacher.noise_levels, 0)
     sigma = schedule_from_config(cfg.diffusion).sigma(seen["t"]).reshape(-1, 1, 1)
