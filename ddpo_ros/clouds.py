@@ -54,9 +54,9 @@ class CloudError(ValueError):
 
 @dataclass
 class DecodedCloud:
-    points: np.ndarray  # (N, 3|4) float32 x, y, z[, intensity]: finite, no all-zero xyz rows
+    points: np.ndarray  # (N, 3|4) float32 x, y, z[, intensity]: finite, no all-zero xyz rows (drop_invalid)
     total: int  # width * height: the points in the message
-    dropped: int  # rows removed for a non-finite x/y/z or x = y = z = 0
+    dropped: int  # rows removed for a non-finite x/y/z or x = y = z = 0 (0 without drop_invalid)
 
 
 # sensor_msgs/PointField datatype codes -> numpy types (byte order added per message)
@@ -122,11 +122,14 @@ def _buffer(data) -> np.ndarray:
         raise CloudError(f"data must be bytes, not {type(data).__name__}") from None
 
 
-def read_pointcloud2(msg, *, intensity: bool = True, max_points: int | None = None) -> DecodedCloud:
+def read_pointcloud2(msg, *, intensity: bool = True, max_points: int | None = None,
+                     drop_invalid: bool = True) -> DecodedCloud:
     """x, y, z (+ the first intensity-like field) of any PointCloud2 layout as float32 rows.
 
     Rows with a non-finite x/y/z or x = y = z = 0 (many drivers' "no return") are dropped whatever
-    is_dense says; a non-finite intensity becomes 0 (the point itself is fine).
+    is_dense says (`valid_rows`), unless `drop_invalid` is False: the completion path leaves them to
+    the Completer, which filters and counts them once. A non-finite intensity becomes 0 (the point
+    itself is fine).
     """
     width, height = _uint(msg, "width", "width"), _uint(msg, "height", "height")
     point_step, row_step = _uint(msg, "point_step", "point_step"), _uint(msg, "row_step", "row_step")
@@ -160,18 +163,26 @@ def read_pointcloud2(msg, *, intensity: bool = True, max_points: int | None = No
             # a strided view straight into the bytes: rows at row_step, points at point_step
             out[:, :, k] = np.ndarray((height, width), dtype, buf, offset, (row_step, point_step))
     points = out.reshape(total, len(roles))
+    if len(roles) == 4:
+        points[~np.isfinite(points[:, 3]), 3] = 0.0
+    if not drop_invalid:
+        return DecodedCloud(points, total, 0)
+    points, dropped = valid_rows(points)
+    return DecodedCloud(points, total, dropped)
+
+
+def valid_rows(points: np.ndarray) -> tuple[np.ndarray, int]:
+    """The rows with a finite x, y, z that is not x = y = z = 0 (many drivers' "no return"), and
+    how many were removed. The one filter of invalid points: the PointCloud2 decoder and the
+    Completer's input check both use it."""
     # column by column: a reduction along the short axis 1 of an (N, 3) array is ~5x slower
     x, y, z = points[:, 0], points[:, 1], points[:, 2]
     keep = np.isfinite(x)
     keep &= np.isfinite(y)
     keep &= np.isfinite(z)
     keep &= (x != 0) | (y != 0) | (z != 0)
-    if len(roles) == 4:
-        points[~np.isfinite(points[:, 3]), 3] = 0.0
     kept = int(np.count_nonzero(keep))
-    if kept < total:
-        points = points[keep]
-    return DecodedCloud(points, total, total - kept)
+    return (points if kept == len(points) else points[keep]), len(points) - kept
 
 
 def make_pointcloud2(points: np.ndarray, header, cloud_cls, field_cls):

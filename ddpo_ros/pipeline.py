@@ -19,94 +19,34 @@ is not a shortcut but an approximation: bfloat16 convolutions in the denoiser an
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .clouds import crop_range
+from .clouds import crop_range, valid_rows
 from .config import CompletionConfig, Config
 from .diffusion import SAMPLERS, guide, inference_timesteps, schedule_from_config
+from .completion import Completion, Shortcuts, StageClock
 from .fps import farthest_point_sample
+from .loading import completion_settings, resolve_device
 
 # What each kind of denoiser was trained and evaluated with (DDPO Sec. 5; LiDiff config.yaml).
 DEFAULTS = {"student": {"steps": 8, "guidance_scale": 3.5}, "teacher": {"steps": 50, "guidance_scale": 6.0}}
 
 
-@dataclass
-class Shortcuts:
-    """Exact savings over the straightforward evaluation; all on by default."""
-
-    encoder_once: bool = True      # encode the scan once per scene (LiDiff: twice per step)
-    shared_branches: bool = True   # cond/uncond share voxelisation, stem and kernel maps of x_t
-    grouped_mlps: bool = True      # conditioning MLPs on encoder voxels, then gathered
-    lattice_match: bool = True     # 1-NN to encoder voxels by lattice rings, not all pairs
-    fold_batchnorm: bool = True    # eval-mode BatchNorm folded into the convolution before it
-
-    @classmethod
-    def none(cls) -> "Shortcuts":
-        return cls(False, False, False, False, False)
-
-
-@dataclass
-class Completion:
-    """One completed scene and how it was made."""
-
-    points: np.ndarray                 # (M, 3) float32: refined scene (or the coarse one without refine)
-    coarse: np.ndarray                 # (K, 3) float32: the diffusion output after the range/z crop
-    partial: np.ndarray                # (num_points, 3) float32: the sampled scan points
-    timings: dict[str, float]          # seconds per stage, in order, and "total"
-    counts: dict[str, int]             # input, non_finite, in_range, sampled, diffused, coarse, output
-    steps: int
-    guidance_scale: float
-    seed: int | None = None
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """A torch device, or a ValueError naming what is missing (the node falls back to CPU)."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device {device!r} is not a torch device: {err}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but this torch has no CUDA device")
-    return dev
-
-
 def clean_input(points) -> tuple[np.ndarray, int]:
-    """(N, 3|4) float array -> (finite xyz rows as float32, number of rows dropped as non-finite)."""
+    """(N, 3|4) float array -> (valid xyz rows as float32, rows dropped as non-finite or all-zero)."""
     if not isinstance(points, np.ndarray):
         raise ValueError(f"points must be a numpy array, got {type(points).__name__}")
     if points.ndim != 2 or points.shape[1] not in (3, 4):
         raise ValueError(f"points must have shape (N, 3) or (N, 4), got {points.shape}")
     if points.dtype.kind != "f":
         raise ValueError(f"points must be floating point (float32/float64), got dtype {points.dtype}")
-    xyz = points[:, :3]
-    finite = np.isfinite(xyz).all(axis=1)
-    return np.ascontiguousarray(xyz[finite], dtype=np.float32), int(len(xyz) - finite.sum())
-
-
-class _Clock:
-    """Stage timer that waits for the device before reading the clock."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.timings: dict[str, float] = {}
-        self.start = self.last = time.perf_counter()
-
-    def mark(self, stage: str) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        now = time.perf_counter()
-        self.timings[stage] = now - self.last
-        self.last = now
-
-    def finish(self) -> dict[str, float]:
-        self.timings["total"] = self.last - self.start
-        return self.timings
+    xyz, dropped = valid_rows(points[:, :3])
+    return np.ascontiguousarray(xyz, dtype=np.float32), dropped
 
 
 class Completer:
@@ -153,6 +93,11 @@ class Completer:
         return cls(models["encoder"], models[kind], models.get("refiner"), config, kind=kind, device=device,
                    **kwargs)
 
+    def configure(self, **overrides) -> None:
+        """Change settings between scenes (CompletionConfig fields, e.g. steps=4, refine=False);
+        the same rules as the weights' `completion:` section (loading.completion_settings)."""
+        self.config = replace(self.config, completion=completion_settings(self.config.completion, overrides))
+
     def clear_cache(self) -> None:
         """Forget the unconditional encoding and the folded networks (call it after changing weights)."""
         self._uncond = None
@@ -198,10 +143,10 @@ class Completer:
     def preprocess(self, points) -> tuple[np.ndarray, dict[str, int]]:
         """Scan -> the `num_points` farthest-point samples within the range band (float32)."""
         c = self.config.completion
-        xyz, non_finite = clean_input(points)
-        counts = {"input": len(points), "non_finite": non_finite}
+        xyz, invalid = clean_input(points)
+        counts = {"input": len(points), "invalid": invalid}
         if len(xyz) == 0:
-            raise ValueError(f"the cloud has no finite points ({len(points)} rows, {non_finite} non-finite)")
+            raise ValueError(f"the cloud has no valid points ({len(points)} rows, {invalid} non-finite or all-zero)")
         kept = crop_range(xyz, c.min_range, c.max_range)
         counts["in_range"] = len(kept)
         if len(kept) < c.num_points:
@@ -280,7 +225,7 @@ class Completer:
         timesteps = inference_timesteps(self.schedule, steps)  # validates steps
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
-        clock = _Clock(self.device)
+        clock = StageClock(self.device)
         partial_np, counts = self.preprocess(points)
         partial = torch.from_numpy(partial_np).to(self.device)[None]
         x_init = partial.repeat(1, c.replication, 1)  # tiled, as LiDiff's scan.repeat(10, 1)
@@ -323,10 +268,4 @@ class Completer:
                              refine=self.refiner is not None and c.refine)
 
 
-def stage_table(timings: dict[str, float]) -> str:
-    """Per-stage timings as aligned text lines (the CLI and the demo print this)."""
-    width = max(len(k) for k in timings)
-    return "\n".join(f"  {k:<{width}}  {v * 1000:9.1f} ms" for k, v in timings.items())
-
-
-__all__ = ["Completer", "Completion", "Shortcuts", "clean_input", "resolve_device", "stage_table"]
+__all__ = ["Completer", "Completion", "Shortcuts", "clean_input"]

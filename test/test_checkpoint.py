@@ -19,9 +19,11 @@ import torch
 from safetensors.torch import save_file
 
 from ddpo_ros import checkpoint as ck
-from ddpo_ros.checkpoint import (CheckpointError, build_models, check_state, export_reference, import_reference,
-                                 load_checkpoint, save_checkpoint)
-from ddpo_ros.cli import main
+from ddpo_ros import reference_ckpt as ref_ck
+from ddpo_ros.checkpoint import CheckpointError, build_models, check_state, load_checkpoint, save_checkpoint
+from ddpo_ros.frontends import convert
+from ddpo_ros.frontends.cli import main
+from ddpo_ros.reference_ckpt import export_reference, import_reference
 from ddpo_ros.config import Config, ConfigError, DiffusionConfig, ModelConfig, to_dict
 from ddpo_ros.models import ROLE_BUILDERS
 
@@ -145,9 +147,9 @@ def test_lightning_extras_load_through_inert_stand_ins(tmp_path, nets):
     assert set(torch.serialization.get_unsafe_globals_in_checkpoint(ref)) == {
         "pytorch_lightning.utilities.parsing.AttributeDict", "argparse.Namespace", "numpy.dtype", "numpy.ndarray",
         "numpy._core.multiarray.scalar", "numpy._core.multiarray._reconstruct"}
-    obj = ck._torch_load(ref)
+    obj = ref_ck._torch_load(ref)
     assert type(obj["hyper_parameters"]) is dict and obj["hyper_parameters"] == LIDIFF_HP
-    assert isinstance(obj["callbacks"]["ModelCheckpoint{'monitor': None}"]["args"], ck._Namespace)
+    assert isinstance(obj["callbacks"]["ModelCheckpoint{'monitor': None}"]["args"], ref_ck._Namespace)
     state, config, info = import_reference([ref])
     assert config.diffusion.num_train_timesteps == 500
     assert info["hyper_parameters"] == LIDIFF_HP
@@ -161,7 +163,7 @@ def test_namespace_hyper_parameters(tmp_path, nets):
 
 
 def test_prefix_table():
-    assert ck.PREFIX_ROLES == {
+    assert ref_ck.PREFIX_ROLES == {
         "model.": "teacher", "partial_enc.": "encoder", "model_refine.": "refiner", "generator.": "student",
         "teacher.": "teacher", "auxDiff.": "ta", "auxDiffBetter.": "ta_win", "auxDiffWorse.": "ta_lose",
         "DiffModel.": "teacher", "DM_encoder.": "encoder"}
@@ -282,8 +284,8 @@ def test_full_width_import(tmp_path):
     assert state["teacher"]["stem.0.kernel"].shape == (27, 3, 32)
     assert state["teacher"]["stage4.2.net.3.kernel"].shape == (27, 256, 256)
     assert state["teacher"]["up1.1.0.downsample.0.kernel"].shape == (384, 256)  # ME's 2-D 1x1x1 kernel
-    assert ck._param_count(state["teacher"]) == 24_174_515
-    assert ck._param_count(state["encoder"]) == 8_497_952
+    assert convert._param_count(state["teacher"]) == 24_174_515
+    assert convert._param_count(state["encoder"]) == 8_497_952
 
 
 # --- safety ---------------------------------------------------------------------------------
@@ -358,7 +360,9 @@ def test_save_is_atomic_and_validates_roles(tmp_path, nets, monkeypatch):
     save_checkpoint(path, {"teacher": nets["teacher"], "student": nets["teacher"]}, Config(TINY), step=5,
                     extra={"note": "x"})  # one module under two roles: shared memory is fine
     assert os.listdir(tmp_path) == ["w.safetensors"]
-    assert path.stat().st_mode & 0o777 == 0o666 & ~ck._UMASK  # not mkstemp's 0600: weights are shared
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not safetensors' 0600: weights are shared
     before = path.read_bytes()
     ckpt = load_checkpoint(path)
     assert ckpt.extra == {"note": "x"} and ckpt.step == 5 and ckpt.roles == ("teacher", "student")
@@ -427,7 +431,7 @@ def test_cli_import_and_export(tmp_path, nets, capsys):
     out = tmp_path / "student.safetensors"
     assert main(["convert", str(dd), str(refine), "-o", str(out), "--roles", "student,encoder,refiner"]) == 0
     text = capsys.readouterr().out
-    n_student = ck._param_count(sd(nets["student"]))
+    n_student = convert._param_count(sd(nets["student"]))
     assert f"student  {n_student:>12,d} parameters" in text and "width 0.125" in text and f"wrote {out}" in text
     ckpt = load_checkpoint(out)
     assert ckpt.roles == ("student", "encoder", "refiner") and ckpt.step == 100

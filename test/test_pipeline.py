@@ -11,7 +11,9 @@ from conftest import kitti_scan
 from ddpo_ros.checkpoint import CheckpointError, save_checkpoint
 from ddpo_ros.config import CompletionConfig, Config, ModelConfig
 from ddpo_ros.models import build_denoiser, build_encoder, build_refiner
-from ddpo_ros.pipeline import Completer, Shortcuts, clean_input, resolve_device, stage_table
+from ddpo_ros.completion import stage_table
+from ddpo_ros.loading import resolve_device
+from ddpo_ros.pipeline import Completer, Shortcuts, clean_input
 
 TINY = Config(model=ModelConfig(width=0.125), completion=CompletionConfig(num_points=600))
 
@@ -97,9 +99,9 @@ def test_input_validation_names_the_problem(completer, scan):
         completer.complete(scan[:, :2])
     with pytest.raises(ValueError, match="floating point"):
         completer.complete(scan.astype(np.int32))
-    with pytest.raises(ValueError, match="no finite points"):
+    with pytest.raises(ValueError, match="no valid points"):
         completer.complete(np.full((10, 3), np.nan, np.float32))
-    with pytest.raises(ValueError, match="no finite points"):
+    with pytest.raises(ValueError, match="no valid points"):
         completer.complete(np.zeros((0, 4), np.float32))
     with pytest.raises(ValueError, match="fewer than the 600"):
         completer.complete(scan[:500])
@@ -108,10 +110,11 @@ def test_input_validation_names_the_problem(completer, scan):
     dirty = scan.copy()
     dirty[::100, 1] = np.nan
     dirty[1::100, 2] = np.inf
+    dirty[2::100, :3] = 0.0  # a driver's "no return" row
     xyz, dropped = clean_input(dirty)
-    assert dropped == len(scan[::100]) + len(scan[1::100]) and len(xyz) == len(scan) - dropped
+    assert dropped == len(scan[::100]) + len(scan[1::100]) + len(scan[2::100]) and len(xyz) == len(scan) - dropped
     out = completer.complete(dirty, steps=1, seed=0)
-    assert out.counts["non_finite"] == dropped and np.isfinite(out.points).all()
+    assert out.counts["invalid"] == dropped and np.isfinite(out.points).all()
 
 
 def test_float64_and_xyz_only_input_give_the_same_scene(completer, scan):
