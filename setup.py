@@ -47,5 +47,6 @@ setup(
     zip_safe=True,
     license="MIT",
     tests_require=["pytest"],
-    entry_points={"console_scripts": ["ddpo = ddpo_ros.cli:main", "completion_node = ddpo_ros.node:main"]},
+    entry_points={"console_scripts": ["ddpo = ddpo_ros.frontends.cli:main",
+                                      "completion_node = ddpo_ros.frontends.node:main"]},
 )

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +102,27 @@ def kernels(mode: str):
             os.environ.pop("DDPO_NATIVE", None)
         else:
             os.environ["DDPO_NATIVE"] = old
+
+
+@pytest.fixture(scope="module")
+def ros(tmp_path_factory):
+    """A private rclpy context on loopback DDS with a spinning executor (one per test module)."""
+    rclpy = pytest.importorskip("rclpy")
+    from rclpy.executors import SingleThreadedExecutor
+
+    from ddpo_ros.frontends.dds import loopback_env
+
+    env = loopback_env(tmp_path_factory.mktemp("dds"))
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("ROS_DOMAIN_ID", "ROS_LOCALHOST_ONLY", "ROS_AUTOMATIC_DISCOVERY_RANGE",
+                    "FASTRTPS_DEFAULT_PROFILES_FILE"):
+            if key in env:
+                mp.setenv(key, env[key])
+        ctx = rclpy.Context()
+        rclpy.init(context=ctx)
+        executor = SingleThreadedExecutor(context=ctx)
+        spinner = threading.Thread(target=executor.spin, daemon=True)
+        spinner.start()
+        yield ctx, executor, env
+        executor.shutdown()
+        rclpy.try_shutdown(context=ctx)

@@ -1,9 +1,9 @@
-"""Loopback-only DDS for tests: `ddpo_ros.dds.loopback_env` as a fixture."""
+"""Loopback-only DDS for tests: `ddpo_ros.frontends.dds.loopback_env` as a fixture."""
 from __future__ import annotations
 
 import pytest
 
-from ddpo_ros.dds import loopback_env  # noqa: F401  (tests import it from here)
+from ddpo_ros.frontends.dds import loopback_env  # noqa: F401  (tests import it from here)
 
 
 @pytest.fixture

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from conftest import DATA, REPO
-from ddpo_ros.bag_complete import complete_bag
-from ddpo_ros.bags import KITTI_EPOCH_NS, kitti_to_bag, open_bag, read_bag_clouds, typestore
-from ddpo_ros.cli import main
+from ddpo_ros.frontends.bag_complete import complete_bag
+from ddpo_ros.frontends.bags import KITTI_EPOCH_NS, kitti_to_bag, open_bag, read_bag_clouds, typestore
+from ddpo_ros.frontends.cli import main
 from ddpo_ros.clouds import make_pointcloud2
 from ddpo_ros.config import CompletionConfig, Config, ModelConfig
-from ddpo_ros.kitti import KittiSequence, read_times
+from ddpo_ros.datasets.kitti import KittiSequence, read_times
 from ddpo_ros.models import build_denoiser, build_encoder, build_refiner
 from ddpo_ros.pipeline import Completer
 
@@ -170,7 +170,8 @@ def test_read_bag_clouds_on_the_bundled_bag():
 
 def test_complete_bag_keeps_everything_and_adds_completions(kitti_bag, completer, tmp_path):
     out = tmp_path / "done"
-    summary = complete_bag(kitti_bag, out, completer, steps=1, seed=0, progress=False)
+    completer.configure(steps=1, seed=0)  # the settings every cloud of the bag is completed with
+    summary = complete_bag(kitti_bag, out, completer, progress=False)
     assert summary == {"clouds": 4, "completed": 4, "skipped": 0, "written": 17,
                        "topics": {"/tf_static": 1, "/velodyne_points": 4, "/tf": 4,
                                   "/velodyne_points/completed": 4, "/diagnostics": 4}}
@@ -205,12 +206,12 @@ def test_complete_bag_keeps_everything_and_adds_completions(kitti_bag, completer
         assert float(values["stage denoise ms"]) > 0 and float(values["stage total ms"]) > 0
     assert values["frames processed"] == "4"
     with pytest.raises(FileExistsError):
-        complete_bag(kitti_bag, out, completer, steps=1, progress=False)
+        complete_bag(kitti_bag, out, completer, progress=False)
 
 
 def test_complete_bag_reports_unusable_clouds(completer, tmp_path):
     """An mcap bag with a real scan and a 5-point cloud: one completion, two diagnostics (OK, WARN)."""
-    from ddpo_ros.bags import header, new_bag, qos
+    from ddpo_ros.frontends.bags import header, new_bag, qos
 
     ts = typestore()
     pc2, field = ts.types["sensor_msgs/msg/PointCloud2"], ts.types["sensor_msgs/msg/PointField"]
@@ -220,7 +221,8 @@ def test_complete_bag_reports_unusable_clouds(completer, tmp_path):
         for k, pts in enumerate([scan, scan[:5]]):
             msg = make_pointcloud2(pts, header(ts, 10**9 * (k + 1), "lidar"), pc2, field)
             w.write(conn, 10**9 * (k + 1), ts.serialize_cdr(msg, "sensor_msgs/msg/PointCloud2"))
-    summary = complete_bag(tmp_path / "in", tmp_path / "out", completer, steps=1, progress=False)
+    completer.configure(steps=1, seed=None)
+    summary = complete_bag(tmp_path / "in", tmp_path / "out", completer, progress=False)
     assert (summary["completed"], summary["skipped"], summary["written"]) == (1, 1, 5)
     assert (tmp_path / "out" / "out.mcap").exists()  # the input's storage is kept
     levels = [ts.deserialize_cdr(raw, "diagnostic_msgs/msg/DiagnosticArray").status[0].level
@@ -278,7 +280,7 @@ def test_player_publishes_every_cloud_and_the_clock(tmp_path):
     sub = subprocess.Popen([sys.executable, "-c", SUBSCRIBER, str(expected[-1])], env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     try:
-        play = subprocess.run([sys.executable, "-m", "ddpo_ros.cli", "play", str(BUNDLED), "--rate", "2",
+        play = subprocess.run([sys.executable, "-m", "ddpo_ros.frontends.cli", "play", str(BUNDLED), "--rate", "2",
                                "--wait-for-subscribers", "30"], env=env, capture_output=True, text=True, timeout=90)
         out, err = sub.communicate(timeout=90)
     finally:
@@ -306,7 +308,7 @@ def test_player_skips_types_it_cannot_import(kitti_bag, tmp_path):
 
     env = loopback_env(tmp_path)
     env["PYTHONPATH"] = str(REPO)
-    play = subprocess.run([sys.executable, "-m", "ddpo_ros.cli", "play", str(kitti_bag), "--rate", "50",
+    play = subprocess.run([sys.executable, "-m", "ddpo_ros.frontends.cli", "play", str(kitti_bag), "--rate", "50",
                            "--no-clock"], env=env, capture_output=True, text=True, timeout=60)
     assert play.returncode == 0, play.stderr
     assert play.stderr.count("cannot import tf2_msgs/msg/TFMessage") == 1

@@ -7,7 +7,7 @@ import torch
 
 from conftest import DATA
 
-from ddpo_ros import bench
+from ddpo_ros.frontends import bench
 
 
 def test_bench_tiny_torch_only(tmp_path, monkeypatch, capsys):
@@ -46,7 +46,7 @@ def test_failing_worker_is_an_error_entry(tmp_path):
 
 def test_bench_scene_tiny(tmp_path, monkeypatch, capsys):
     """Whole scenes: the steps sweep, each shortcut off, the straightforward path, point scaling."""
-    from ddpo_ros import bench_scene
+    from ddpo_ros.frontends import bench_scene
     monkeypatch.setenv("DDPO_DATA", str(DATA))
     out = tmp_path / "scene.json"
     rc = bench_scene.main(["--out", str(out), "--scales", "mini,paper", "--points", "3000", "--mini-points",
@@ -91,7 +91,7 @@ def test_bench_scene_tiny(tmp_path, monkeypatch, capsys):
 
 
 def test_oracle_steering_returns_the_noise_back_to_x_init():
-    from ddpo_ros.bench_scene import OracleSteered
+    from ddpo_ros.frontends.bench_scene import OracleSteered
     from ddpo_ros.diffusion import make_schedule
 
     calls = []

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from conftest import DATA, kitti_scan
-from ddpo_ros.cloud_files import (
+from ddpo_ros.datasets.cloud_files import (
     lzf_decompress, read_cloud, read_pcd, read_ply, write_cloud, write_pcd, write_ply,
 )
 from ddpo_ros.clouds import KITTI_FRAME

@@ -13,8 +13,8 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 
 from conftest import DATA, kitti_scan  # noqa: E402
-from ddpo_ros.bags import KITTI_EPOCH_NS, kitti_to_bag  # noqa: E402
-from ddpo_ros.dds import LOOPBACK_KEYS, loopback_env  # noqa: E402
+from ddpo_ros.frontends.bags import KITTI_EPOCH_NS, kitti_to_bag  # noqa: E402
+from ddpo_ros.frontends.dds import LOOPBACK_KEYS, loopback_env  # noqa: E402
 
 FRAMES = 6
 
@@ -30,8 +30,8 @@ def test_player_outruns_the_node_and_malformed_clouds_do_not_stop_it(tmp_path, b
     from std_msgs.msg import Header
 
     from ddpo_ros.clouds import make_pointcloud2
-    from ddpo_ros.player import play
-    from ddpo_ros.recorder import Recorder, start_node, stop_node
+    from ddpo_ros.frontends.player import play
+    from ddpo_ros.frontends.recorder import Recorder, start_node, stop_node
 
     env = loopback_env(tmp_path)
     for key in LOOPBACK_KEYS:
@@ -82,7 +82,7 @@ def test_player_outruns_the_node_and_malformed_clouds_do_not_stop_it(tmp_path, b
 
 
 def test_demo_runs_on_the_bundled_frames(tmp_path, tiny_weights):
-    from ddpo_ros.demo import run_demo
+    from ddpo_ros.frontends.demo import run_demo
 
     lines = []
     result = run_demo(DATA, tmp_path, frames=3, rate=0.5, weights=tiny_weights,

@@ -126,7 +126,7 @@ def test_retaining_freed_memory_changes_no_result():
     code = """
 import sys, threading, numpy as np, torch
 sys.path.insert(0, sys.argv[2])
-from ddpo_ros.allocator import retain_freed_memory, retaining
+from ddpo_ros.frontends.allocator import retain_freed_memory, retaining
 from test_fused import TINY, nets
 from conftest import kitti_scan
 from ddpo_ros.pipeline import Completer

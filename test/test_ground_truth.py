@@ -6,8 +6,8 @@ import pytest
 from scipy.spatial import cKDTree
 
 from conftest import DATA
-from ddpo_ros.ground_truth import MapBuilder, chamfer_distance, partial_scan, scan_ground_truth
-from ddpo_ros.kitti import KittiSequence
+from ddpo_ros.datasets.ground_truth import MapBuilder, chamfer_distance, partial_scan, scan_ground_truth
+from ddpo_ros.datasets.kitti import KittiSequence
 
 VOXEL_DIAGONAL = 0.1 * np.sqrt(3)
 

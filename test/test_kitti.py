@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import DATA
-from ddpo_ros.kitti import (KittiSequence, read_calib, read_labels, read_poses, read_times,
-                            velodyne_poses)
+from ddpo_ros.datasets.kitti import (KittiSequence, read_calib, read_labels, read_poses, read_times,
+                                     velodyne_poses)
 
 FLAT = DATA / "kitti_seq00_0_39"
 SEMKITTI = DATA / "semantickitti_seq00_mini" / "sequences" / "00"

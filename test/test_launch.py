@@ -86,7 +86,7 @@ def test_params_file_default_is_the_installed_node_yaml(declared):
 def test_node_runs_the_console_script_setup_py_declares(tree):
     (node,) = [c for c in calls(tree, "Node") if ast.literal_eval(keyword(c, "package")) == "ddpo_ros"]
     executable = ast.literal_eval(keyword(node, "executable"))
-    assert console_scripts()[executable] == "ddpo_ros.node:main"
+    assert console_scripts()[executable] == "ddpo_ros.frontends.node:main"
     assert ast.literal_eval(keyword(node, "name")) == "ddpo_completion"
     assert ast.literal_eval(keyword(node, "output")) == "screen"
     remapped = {ast.literal_eval(pair.elts[0]) for pair in keyword(node, "remappings").elts}

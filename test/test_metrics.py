@@ -7,7 +7,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist, jensenshannon
 
 from conftest import kitti_scan
-from ddpo_ros.ground_truth import chamfer_distance
+from ddpo_ros.datasets.ground_truth import chamfer_distance
 from training.emd import sinkhorn, voxel_masses
 from training.metrics import (chamfer, emd_exact, emd_sinkhorn, iou_counts, iou_from_counts, jsd_3d, jsd_bev,
                               precision_recall_f, scene_metrics, voxel_iou)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ddpo_ros.monitor import ERROR, OK, WARN, Monitor, diagnostic_array
+from ddpo_ros.frontends.monitor import ERROR, OK, WARN, Monitor, diagnostic_array
 from ddpo_ros.pipeline import Completion
 
 

@@ -11,90 +11,26 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
-from std_msgs.msg import Float64, Header  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
 
 from conftest import kitti_scan  # noqa: E402
 from ddpo_ros.clouds import make_pointcloud2, read_pointcloud2  # noqa: E402
-from ros_env import loopback_env  # noqa: E402
-
-WAIT_S = 60.0
-
-
-@pytest.fixture(scope="module")
-def ros(tmp_path_factory):
-    """A private rclpy context on loopback DDS with a spinning executor."""
-    env = loopback_env(tmp_path_factory.mktemp("dds"))
-    with pytest.MonkeyPatch.context() as mp:
-        for key in ("ROS_DOMAIN_ID", "ROS_LOCALHOST_ONLY", "ROS_AUTOMATIC_DISCOVERY_RANGE",
-                    "FASTRTPS_DEFAULT_PROFILES_FILE"):
-            if key in env:
-                mp.setenv(key, env[key])
-        ctx = rclpy.Context()
-        rclpy.init(context=ctx)
-        executor = SingleThreadedExecutor(context=ctx)
-        spinner = threading.Thread(target=executor.spin, daemon=True)
-        spinner.start()
-        yield ctx, executor, env
-        executor.shutdown()
-        rclpy.try_shutdown(context=ctx)
-
-
-class Probe:
-    """A test node: publishes clouds to the completion node and records what comes back."""
-
-    def __init__(self, ctx, executor, ns: str):
-        self.node = rclpy.create_node(f"probe_{ns}", context=ctx)
-        self.outputs, self.diagnostics, self.processing, self.latency = [], [], [], []
-        self.pub = self.node.create_publisher(PointCloud2, f"/{ns}/ddpo_completion/input/points", 10)
-        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        self.node.create_subscription(PointCloud2, f"/{ns}/ddpo_completion/output/points", self.outputs.append,
-                                      reliable)
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 50)
-        self.node.create_subscription(Float64, f"/{ns}/ddpo_completion/debug/processing_time_ms",
-                                      self.processing.append, 50)
-        self.node.create_subscription(Float64, f"/{ns}/ddpo_completion/debug/pipeline_latency_ms",
-                                      self.latency.append, 50)
-        executor.add_node(self.node)
-
-    def wait(self, what, timeout=WAIT_S):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if what():
-                return True
-            time.sleep(0.02)
-        return False
-
-    def connected(self, completion_node):
-        return self.wait(lambda: self.pub.get_subscription_count() > 0 and completion_node.ready.is_set())
-
-
-def cloud_msg(frame: int = 0, stamp_s: int = 100, frame_id: str = "velodyne") -> PointCloud2:
-    header = Header(frame_id=frame_id)
-    header.stamp.sec = stamp_s
-    return make_pointcloud2(kitti_scan(frame), header, PointCloud2, PointField)
-
-
-def status_of(array: DiagnosticArray):
-    status = array.status[0]
-    return status.level, status.message, {kv.key: kv.value for kv in status.values}
+from ros_nodes import Probe, cloud_msg, started, status_of, stopped  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def node(ros, tiny_weights):
-    from ddpo_ros.node import CompletionNode
+    from ddpo_ros.frontends.node import CompletionNode
 
     ctx, executor, _ = ros
     n = CompletionNode(context=ctx, namespace="t1", parameter_overrides=[
@@ -102,11 +38,10 @@ def node(ros, tiny_weights):
         Parameter("completion.steps", value=1), Parameter("completion.seed", value=0),
         Parameter("diagnostics.period", value=0.2), Parameter("input.reliability", value="reliable"),
         Parameter("input.depth", value=10)])
-    executor.add_node(n)
+    executor.add_node(started(n))
     yield n
     executor.remove_node(n)
-    n.stop()
-    n.destroy_node()
+    stopped(n)
 
 
 def test_completes_real_clouds_with_same_stamp_and_frame(ros, node):
@@ -133,7 +68,7 @@ def test_completes_real_clouds_with_same_stamp_and_frame(ros, node):
 
 def test_bundled_mini_weights_complete_a_real_cloud(ros):
     """With `weights` empty the node loads the package's trained mini weights and completes with them."""
-    from ddpo_ros.node import CompletionNode
+    from ddpo_ros.frontends.node import CompletionNode
     from ddpo_ros.resources import default_weights
 
     if default_weights() is None:
@@ -142,7 +77,7 @@ def test_bundled_mini_weights_complete_a_real_cloud(ros):
     n = CompletionNode(context=ctx, namespace="bundled", parameter_overrides=[
         Parameter("device", value="cpu"), Parameter("completion.steps", value=1),
         Parameter("completion.seed", value=0), Parameter("input.reliability", value="reliable")])
-    executor.add_node(n)
+    executor.add_node(started(n))
     try:
         probe = Probe(ctx, executor, "bundled")
         assert probe.connected(n), "no DDS match on loopback"
@@ -155,8 +90,7 @@ def test_bundled_mini_weights_complete_a_real_cloud(ros):
         probe.node.destroy_node()
     finally:
         executor.remove_node(n)
-        n.stop()
-        n.destroy_node()
+        stopped(n)
 
 
 def malformed_messages():
@@ -199,7 +133,7 @@ def test_drops_all_but_the_newest_cloud_while_busy(ros, node):
     dropped = node.monitor.counts["dropped"]
     for i in range(12):
         probe.pub.publish(cloud_msg(i % 6, stamp_s=300 + i))
-    assert probe.wait(lambda: node.monitor.counts["received"] >= 12 and not node._waiting
+    assert probe.wait(lambda: node.monitor.counts["received"] >= 12 and not node._worker.waiting
                       and any(o.header.stamp.sec == 311 for o in probe.outputs)), "newest cloud not completed"
     stamps = [o.header.stamp.sec for o in probe.outputs]
     assert stamps == sorted(stamps) and set(stamps) <= set(range(300, 312))
@@ -239,7 +173,7 @@ def test_handler_survives_thousands_of_malformed_clouds(
 
 
 def run_node(env, *args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "ddpo_ros.node", "--ros-args", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "ddpo_ros.frontends.node", "--ros-args", *args], env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -268,7 +202,7 @@ def test_target_frame_without_tf2_is_an_error_not_identity(ros, tiny_weights):
 
 
 def test_cuda_request_falls_back_to_cpu_with_a_warning(ros, tiny_weights):
-    from ddpo_ros.node import CompletionNode
+    from ddpo_ros.frontends.node import CompletionNode
 
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
@@ -277,17 +211,16 @@ def test_cuda_request_falls_back_to_cpu_with_a_warning(ros, tiny_weights):
         Parameter("weights", value=str(tiny_weights)), Parameter("device", value="cuda"),
         Parameter("warmup", value=False)])
     try:
-        assert str(n.completer.device) == "cpu" and n.monitor.device == "cpu"
-        assert n.ready.wait(10)
+        started(n)
+        assert str(n.completer.device) == "cpu" and n.monitor.device == "cpu" and n.ready
     finally:
-        n.stop()
-        n.destroy_node()
+        stopped(n)
 
 
 def test_worker_thread_owns_every_torch_call(ros, tiny_weights, monkeypatch):
     """Loading, warm-up and completion all run on the worker: a second thread that has run an
     OpenMP region makes every region of the worker slower (libgomp stops spinning)."""
-    from ddpo_ros.node import CompletionNode
+    from ddpo_ros.frontends.node import CompletionNode
     from ddpo_ros.pipeline import Completer
 
     seen = []
@@ -303,7 +236,7 @@ def test_worker_thread_owns_every_torch_call(ros, tiny_weights, monkeypatch):
     n = CompletionNode(context=ros[0], namespace="t4", parameter_overrides=[
         Parameter("weights", value=str(tiny_weights)), Parameter("device", value="cpu"),
         Parameter("completion.steps", value=1), Parameter("input.reliability", value="reliable")])
-    ros[1].add_node(n)
+    ros[1].add_node(started(n))
     probe = Probe(ros[0], ros[1], "t4")
     try:
         assert probe.connected(n)
@@ -311,8 +244,7 @@ def test_worker_thread_owns_every_torch_call(ros, tiny_weights, monkeypatch):
         assert probe.wait(lambda: len(probe.outputs) == 1), "no completion"
     finally:
         ros[1].remove_node(n)
-        n.stop()
-        n.destroy_node()
+        stopped(n)
         probe.node.destroy_node()
     assert [name for name, _ in seen][:2] == ["load", "warmup"] and seen[-1][0] == "complete"
     assert {thread for _, thread in seen} == {"ddpo_completion_worker"}
@@ -322,7 +254,7 @@ def test_ctrl_c_racing_a_message_take_exits_cleanly(ros, tiny_weights, monkeypat
     """rclpy's SIGINT handler shuts the context down; a message being taken at that moment raises a
     RuntimeError out of spin (a CI run saw it). That is a clean exit; the same error while the
     context is still up is not swallowed."""
-    import ddpo_ros.node as node_module
+    import ddpo_ros.frontends.node as node_module
 
     for key in ("ROS_DOMAIN_ID", "ROS_LOCALHOST_ONLY", "ROS_AUTOMATIC_DISCOVERY_RANGE",
                 "FASTRTPS_DEFAULT_PROFILES_FILE"):
@@ -346,7 +278,7 @@ def test_ctrl_c_racing_a_message_take_exits_cleanly(ros, tiny_weights, monkeypat
 
 def test_node_module_holds_no_math():
     """The node wires ROS to the core: no numpy arithmetic, no torch calls of its own."""
-    import ddpo_ros.node as node_module
+    import ddpo_ros.frontends.node as node_module
 
     source = open(node_module.__file__).read()
     assert "import numpy" not in source and "torch." not in source.replace("torch.cuda.is_available", "")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from ddpo_ros.config import CompletionConfig
-from ddpo_ros.node_params import BY_NAME, PARAMETERS, RUNTIME, call_options, check_value, completion_config, validate
+from ddpo_ros.frontends.node_params import BY_NAME, PARAMETERS, RUNTIME, check_value, completion_overrides, validate
+from ddpo_ros.loading import completion_settings
 
 
 def test_defaults_are_valid_and_complete():
@@ -38,14 +39,17 @@ def test_ints_are_accepted_for_doubles_and_ranges_cross_checked():
         validate({"completion.min_range": 60.0})
 
 
-def test_completion_config_and_per_call_options():
+def test_completion_overrides_applied_to_the_weights_settings():
+    """The node's completion.* parameters -> CompletionConfig through the one settings function."""
     base = CompletionConfig(num_points=4000, replication=10, seed=7)
     values = validate({})
-    cfg = completion_config(values, base)
+    cfg = completion_settings(base, completion_overrides(values))
     assert cfg.num_points == 4000 and cfg.guidance_scale is None and cfg.seed is None and cfg.steps == 8
     assert cfg.replication == 10 and cfg.denoiser == "auto" and cfg.max_range == 50.0
     values = validate({"completion.num_points": 500, "completion.seed": 3, "completion.guidance_scale": 1.0,
                        "completion.refine": False, "completion.steps": 2})
-    cfg = completion_config(values, base)
+    cfg = completion_settings(base, completion_overrides(values))
     assert (cfg.num_points, cfg.seed, cfg.guidance_scale, cfg.refine, cfg.steps) == (500, 3, 1.0, False, 2)
-    assert call_options(values) == {"steps": 2, "refine": False, "guidance_scale": 1.0, "seed": 3}
+    # at runtime only the changed parameters are passed on
+    assert completion_overrides(values, ["completion.steps", "completion.seed", "warmup"]) == {"steps": 2, "seed": 3}
+    assert completion_overrides(validate({"completion.seed": -1}), ["completion.seed"]) == {"seed": None}

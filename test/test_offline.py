@@ -7,11 +7,11 @@ import torch
 
 from conftest import kitti_scan
 from ddpo_ros.checkpoint import save_checkpoint
-from ddpo_ros.cli import main
-from ddpo_ros.cloud_files import read_cloud, write_cloud
+from ddpo_ros.frontends.cli import main
+from ddpo_ros.datasets.cloud_files import read_cloud, write_cloud
 from ddpo_ros.config import CompletionConfig, Config, ModelConfig
 from ddpo_ros.models import build_denoiser, build_encoder, build_refiner
-from ddpo_ros.offline import output_paths
+from ddpo_ros.frontends.offline import output_paths
 
 TINY = Config(model=ModelConfig(width=0.125), completion=CompletionConfig(num_points=500))
 

@@ -8,7 +8,7 @@ import torch
 
 from ddpo_ros.config import CompletionConfig, Config
 from ddpo_ros.diffusion import make_schedule
-from ddpo_ros.ground_truth import chamfer_distance, partial_scan
+from ddpo_ros.datasets.ground_truth import chamfer_distance, partial_scan
 from ddpo_ros.pipeline import Completer
 from training.data.lidar import Lidar
 from training.data.synthetic import make_sample

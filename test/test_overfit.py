@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from ddpo_ros.config import CompletionConfig, ModelConfig
 from ddpo_ros.diffusion import schedule_from_config
-from ddpo_ros.ground_truth import partial_scan
+from ddpo_ros.datasets.ground_truth import partial_scan
 from ddpo_ros.pipeline import Completer
 from training.config import DataConfig, LoopConfig, TeacherConfig, TrainConfig
 from training.data.kitti import training_pair

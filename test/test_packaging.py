@@ -31,7 +31,7 @@ def test_console_script_is_installed():
 
 def test_core_imports_without_heavy_optional_modules():
     """`ddpo --help` and the config never import torch; the core never imports rclpy."""
-    code = ("import sys, ddpo_ros.cli, ddpo_ros.config; ddpo_ros.cli.build_parser();"
+    code = ("import sys, ddpo_ros.frontends.cli, ddpo_ros.config; ddpo_ros.frontends.cli.build_parser();"
             "assert 'torch' not in sys.modules, 'torch imported';"
             "import ddpo_ros.models, ddpo_ros.checkpoint, ddpo_ros.sparse;"
             "assert 'rclpy' not in sys.modules and 'MinkowskiEngine' not in sys.modules")
@@ -105,7 +105,7 @@ def test_ament_index_finds_the_install_tree(ros_install, tmp_path):
     lines = out.stdout.split()
     assert lines[:3] == [str(share), str(share), str(share / "config" / "node.yaml")]
     assert Path(lines[3]).is_relative_to(ros_install)  # the installed package, not the checkout
-    assert lines[4] == "ddpo_ros.node:main"
+    assert lines[4] == "ddpo_ros.frontends.node:main"
 
 
 def test_node_runs_from_the_install_tree_with_its_params_file(ros_install, tmp_path, tiny_weights, monkeypatch):
@@ -116,8 +116,8 @@ def test_node_runs_from_the_install_tree_with_its_params_file(ros_install, tmp_p
 
     from conftest import kitti_scan
     from ddpo_ros.clouds import make_pointcloud2
-    from ddpo_ros.dds import LOOPBACK_KEYS, loopback_env
-    from ddpo_ros.recorder import Recorder, stop_node
+    from ddpo_ros.frontends.dds import LOOPBACK_KEYS, loopback_env
+    from ddpo_ros.frontends.recorder import Recorder, stop_node
 
     dds = loopback_env(tmp_path)
     for key in LOOPBACK_KEYS:

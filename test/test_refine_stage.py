@@ -78,7 +78,7 @@ def test_loss_goes_down_and_validation_improves_on_the_input(trained):
 
 def test_refined_output_is_closer_to_ground_truth_than_the_jittered_input(trained):
     from ddpo_ros.checkpoint import build_models, load_checkpoint
-    from ddpo_ros.ground_truth import chamfer_distance
+    from ddpo_ros.datasets.ground_truth import chamfer_distance
     from training.data.synthetic import SyntheticPairs
     from training.refine import refiner_input, refined
 

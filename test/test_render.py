@@ -1,4 +1,4 @@
-"""PNG renders of point clouds (ddpo_ros.render): real KITTI frame and a synthetic dense cloud."""
+"""PNG renders of point clouds (ddpo_ros.frontends.render): real KITTI frame and a synthetic dense cloud."""
 from __future__ import annotations
 
 import subprocess
@@ -11,7 +11,7 @@ pytest.importorskip("matplotlib")
 
 from matplotlib.image import imread  # noqa: E402
 
-from ddpo_ros.render import render_clouds  # noqa: E402
+from ddpo_ros.frontends.render import render_clouds  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL = dict(size=(6.0, 4.0), dpi=50)  # 300 x 200 px: fast, still a real render
@@ -70,7 +70,7 @@ def test_deterministic_and_subsampling(tmp_path, scan_xyz):
 def test_fresh_process_gives_same_bytes(tmp_path, scan_xyz):
     """No hidden state (pyplot, global RNG, metadata dates): another interpreter, same PNG."""
     np.save(tmp_path / "xyz.npy", scan_xyz)
-    code = ("import numpy as np, sys; from ddpo_ros.render import render_clouds; "
+    code = ("import numpy as np, sys; from ddpo_ros.frontends.render import render_clouds; "
             "xyz = np.load(sys.argv[1]); "
             "render_clouds(sys.argv[2], [('input', xyz)], view='bev', max_points=5000, size=(6, 4), dpi=50)")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "xyz.npy"), str(tmp_path / "child.png")],
@@ -121,6 +121,6 @@ def test_missing_matplotlib_says_how_to_install(tmp_path, monkeypatch):
 
 
 def test_import_does_not_need_matplotlib():
-    code = ("import sys; sys.modules['matplotlib'] = None; import ddpo_ros.render; "
+    code = ("import sys; sys.modules['matplotlib'] = None; import ddpo_ros.frontends.render; "
             "assert 'matplotlib.figure' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

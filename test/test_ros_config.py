@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ddpo_ros import node_params
+from ddpo_ros.frontends import node_params
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_YAML = REPO / "config" / "node.yaml"

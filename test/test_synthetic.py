@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpo_ros.ground_truth import partial_scan
+from ddpo_ros.datasets.ground_truth import partial_scan
 from training.data.lidar import HDL64, Lidar, cast, ray_directions, scan_scene
 from training.data.primitives import (BOX, BUILDING, CAR, CYLINDER, ELLIPSOID, GROUND, PLANE, SIDEWALK, Primitives,
                                       surface_gap)

@@ -9,7 +9,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from conftest import DATA
-from ddpo_ros.kitti import KittiSequence
+from ddpo_ros.datasets.kitti import KittiSequence
 from training.data import maps
 from training.data.kitti import SPLITS, ScanPairs, augment, find_sequences, make_loader
 

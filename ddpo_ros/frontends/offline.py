@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .cloud_files import SUFFIXES as CLOUD_SUFFIXES  # numpy-only import: `ddpo --help` stays fast
+from ..datasets.cloud_files import SUFFIXES as CLOUD_SUFFIXES  # numpy-only import: `ddpo --help` stays fast
 
 
 def expand_inputs(inputs) -> list[Path]:
@@ -40,16 +40,12 @@ def output_paths(files: list[Path], out: Path, suffix: str = ".ply") -> list[Pat
 
 
 def load_completer(args):
-    """The Completer of `ddpo complete`: the weights' settings, with --precision applied."""
-    from dataclasses import replace
+    """The Completer of `ddpo complete`: the weights' settings with the options given applied."""
+    from ..loading import load_completer as load
 
-    from .pipeline import Completer
-
-    completer = Completer.from_checkpoint(args.weights, device=args.device)
-    if args.precision:
-        cfg = completer.config
-        completer.config = replace(cfg, completion=replace(cfg.completion, precision=args.precision))
-    return completer
+    given = {"steps": args.steps, "guidance_scale": args.guidance, "seed": args.seed,
+             "refine": False if args.no_refine else None, "precision": args.precision}
+    return load(args.weights, device=args.device, overrides={k: v for k, v in given.items() if v is not None})
 
 
 def complete_cli(args) -> int:
@@ -57,8 +53,8 @@ def complete_cli(args) -> int:
     from tqdm import tqdm
 
     from .bags import is_bag
-    from .cloud_files import read_cloud, write_cloud
-    from .pipeline import stage_table
+    from ..datasets.cloud_files import read_cloud, write_cloud
+    from ..completion import stage_table
 
     if any(is_bag(p) for p in args.inputs):
         return complete_bag_cli(args)
@@ -71,17 +67,17 @@ def complete_cli(args) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    steps = args.steps or completer.default_steps
-    print(f"{len(files)} scan(s); {completer.kind} from {args.weights}, {steps} steps, guidance "
-          f"{args.guidance if args.guidance is not None else completer.default_guidance}, "
-          f"refine {'off' if args.no_refine else 'on'}, {completer.device}", file=sys.stderr)
+    c = completer.config.completion
+    print(f"{len(files)} scan(s); {completer.kind} from {args.weights or 'the bundled mini weights'}, "
+          f"{completer.default_steps} steps, guidance {completer.default_guidance:g}, "
+          f"refine {'on' if c.refine and completer.refiner is not None else 'off'}, {completer.device}",
+          file=sys.stderr)
     rows, failed = [], []
     for src, dst in tqdm(list(zip(files, outs)), desc="completing", unit="scan", file=sys.stderr,
                          disable=len(files) < 2):
         try:
             scan = read_cloud(src)
-            result = completer.complete(scan, steps=steps, refine=False if args.no_refine else None,
-                                        guidance_scale=args.guidance, seed=args.seed)
+            result = completer.complete(scan)
         except ValueError as err:  # unusable scan: report it, go on with the rest
             failed.append(src)
             tqdm.write(f"{src}: skipped: {err}", file=sys.stderr)
@@ -124,9 +120,7 @@ def complete_bag_cli(args) -> int:
     try:
         completer = load_completer(args)
         summary = complete_bag(args.inputs[0], args.output, completer, topic=args.topic,
-                               out_topic=args.out_topic, storage=args.storage, steps=args.steps,
-                               refine=False if args.no_refine else None, guidance_scale=args.guidance,
-                               seed=args.seed)
+                               out_topic=args.out_topic, storage=args.storage)
     except (OSError, ValueError, AnyReaderError) as err:
         print(f"ddpo complete: {err}", file=sys.stderr)
         return 2
@@ -138,7 +132,7 @@ def complete_bag_cli(args) -> int:
 
 
 def render_cli(args) -> int:
-    from .cloud_files import read_cloud
+    from ..datasets.cloud_files import read_cloud
     from .render import render_clouds
 
     labels = args.labels.split(",") if args.labels else [Path(p).name for p in args.clouds]

@@ -26,10 +26,10 @@ def untrained_weights(path: Path) -> Path:
     """Random-initialised mini networks (config/model/mini.yaml) saved as a weights file."""
     import torch
 
-    from .checkpoint import save_checkpoint
-    from .config import load_config
-    from .models import build_denoiser, build_encoder, build_refiner
-    from .resources import config_path
+    from ..checkpoint import save_checkpoint
+    from ..config import load_config
+    from ..models import build_denoiser, build_encoder, build_refiner
+    from ..resources import config_path
 
     cfg = load_config(config_path("model/mini.yaml"))
     torch.manual_seed(0)
@@ -40,7 +40,7 @@ def untrained_weights(path: Path) -> Path:
 
 def choose_weights(weights, out: Path, log) -> tuple[Path, bool]:
     """(weights file, trained?): the given file, else the bundled mini weights, else untrained ones."""
-    from .resources import default_weights
+    from ..resources import default_weights
 
     if weights:
         return Path(weights), True
@@ -89,7 +89,7 @@ def replay(bag: Path, env: dict, weights: Path, *, clouds: int, rate: float, par
 
 def report(rec, seq, first_stamp_ns: int, times: np.ndarray, out: Path, trained: bool, log) -> dict:
     """Per-frame table, Chamfer distances against aggregated ground truth, PNG and JSON."""
-    from .ground_truth import MapBuilder, chamfer_distance, partial_scan, scan_ground_truth
+    from ..datasets.ground_truth import MapBuilder, chamfer_distance, partial_scan, scan_ground_truth
     from .render import render_clouds
 
     world = MapBuilder()
@@ -135,7 +135,7 @@ def run_demo(data: Path, out: Path, *, frames: int = 12, rate: float = 0.05, wei
              timeout: float = 600.0, log=print) -> dict:
     from .bags import KITTI_EPOCH_NS, kitti_to_bag
     from .dds import loopback_env
-    from .kitti import KittiSequence
+    from ..datasets.kitti import KittiSequence
 
     out.mkdir(parents=True, exist_ok=True)
     # LiDAR-aligned poses when bundled: KITTI's GT poses smear the first frames by up to 0.19 m
@@ -156,7 +156,7 @@ def run_demo(data: Path, out: Path, *, frames: int = 12, rate: float = 0.05, wei
 
 
 def demo_cli(args) -> int:
-    from .clouds import find_kitti_frame
+    from ..clouds import find_kitti_frame
 
     data = find_kitti_frame(args.data).parents[4]  # .../semantickitti_seq00_mini/sequences/00/velodyne/x.bin
     params = {"completion.steps": args.steps} if args.steps else {}

@@ -1,6 +1,6 @@
 """Run the completion node as a process and watch it from outside, as the demo and the e2e test do.
 
-`start_node` launches `completion_node` (as `python -m ddpo_ros.node`) with parameters and
+`start_node` launches `completion_node` (as `python -m ddpo_ros.frontends.node`) with parameters and
 remappings on the command line, the way `ros2 run` would. `Recorder` subscribes to what goes
 into and out of the node and notes wall-clock arrival times, so end-to-end latency is measured
 where a user would see it, independently of the node's own numbers.
@@ -21,14 +21,14 @@ from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Float64
 
 from .bags import stamp_ns
-from .clouds import read_pointcloud2
+from ..clouds import read_pointcloud2
 
 NODE = "ddpo_completion"
 
 
 def start_node(env: dict, *, namespace: str, input_topic: str, params: dict, log_path=None) -> subprocess.Popen:
     """The node in its own process; its output goes to `log_path` (or is discarded)."""
-    args = [sys.executable, "-m", "ddpo_ros.node", "--ros-args", "-r", f"__ns:={namespace}",
+    args = [sys.executable, "-m", "ddpo_ros.frontends.node", "--ros-args", "-r", f"__ns:={namespace}",
             "-r", f"~/input/points:={input_topic}"]
     for name, value in params.items():
         text = str(value).lower() if isinstance(value, bool) else str(value)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .clouds import read_pointcloud2
+from ..clouds import read_pointcloud2
 
 BAG_VERSION = 8
 STORAGES = ("sqlite3", "mcap")
@@ -82,7 +82,7 @@ def new_bag(out_bag: str | Path, storage: str = "sqlite3"):
 
 def _transform(ts, stamp: int, parent: str, child: str, matrix: np.ndarray):
     """geometry_msgs/TransformStamped parent -> child from a 4x4 matrix."""
-    from .transforms import matrix_quaternion
+    from ..transforms import matrix_quaternion
 
     g = ts.types
     qx, qy, qz, qw = matrix_quaternion(matrix[:3, :3])
@@ -107,8 +107,8 @@ def kitti_to_bag(seq_dir: str | Path, out_bag: str | Path, *, storage: str = "sq
     """
     from tqdm import tqdm
 
-    from .clouds import make_pointcloud2
-    from .kitti import KittiSequence
+    from ..clouds import make_pointcloud2
+    from ..datasets.kitti import KittiSequence
 
     seq = KittiSequence(seq_dir)
     frame_id, base_frame, odom_frame = (f.lstrip("/") for f in (frame_id, base_frame, odom_frame))  # tf2 rejects "/"

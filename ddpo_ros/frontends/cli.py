@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", default=None,
                    help="reference layout to export to "
                         "(lidiff, lidiff_refine, scorelidar, distillation_dpo, ddpo_teacher)")
-    p.set_defaults(func=_lazy("checkpoint", "convert_cli"))
+    p.set_defaults(func=_lazy("convert", "convert_cli"))
 
     p = sub.add_parser("complete", help="complete LiDAR scans from files (.bin, .ply, .pcd, .npy) or a rosbag2",
                        description="Complete each scan with the Completer the ROS node uses; write PLY "

@@ -9,10 +9,8 @@ made for" is spelled 0 (counts) or -1 (seed, guidance) here and becomes `None` i
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
-
-from .config import CompletionConfig
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,8 @@ PARAMETERS: tuple[Param, ...] = (
     Param("tf_timeout", 0.1, "seconds to wait for the target_frame transform before skipping the frame",
           low=0.0, high=10.0),
     Param("max_points", 2000000, "clouds with more points than this are rejected as malformed", low=1, high=50000000),
-    Param("warmup", True, "run one tiny completion before the first cloud so that one is not slow"),
+    Param("warmup", True, "run one tiny completion while configuring so that the first cloud is not slow"),
+    Param("autostart", True, "configure and activate at start; false: wait for a lifecycle manager's transitions"),
     Param("diagnostics.period", 1.0, "seconds between /diagnostics messages", low=0.05, high=60.0),
     Param("diagnostics.window", 50, "frames in the rolling latency statistics", low=1, high=10000),
     Param("diagnostics.latency_warn_ms", 0.0, "WARN when mean latency exceeds this; 0 = never", low=0.0, high=1e7),
@@ -91,16 +90,18 @@ def validate(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def call_options(values: dict[str, Any]) -> dict[str, Any]:
-    """The per-scene arguments of `Completer.complete` (the parameters that may change at runtime)."""
-    guidance, seed = values["completion.guidance_scale"], values["completion.seed"]
-    return {"steps": values["completion.steps"], "refine": values["completion.refine"],
-            "guidance_scale": None if guidance < 0 else guidance, "seed": None if seed < 0 else seed}
-
-
-def completion_config(values: dict[str, Any], base: CompletionConfig) -> CompletionConfig:
-    """The weights' CompletionConfig with the node's `completion.*` parameters applied."""
-    return replace(base, **call_options(values), denoiser=values["completion.denoiser"],
-                   num_points=values["completion.num_points"] or base.num_points,
-                   min_range=values["completion.min_range"], max_range=values["completion.max_range"],
-                   precision=values["completion.precision"])
+def completion_overrides(values: dict[str, Any], names=None) -> dict[str, Any]:
+    """The `completion.*` parameters (all, or those in `names`) as CompletionConfig overrides for
+    `loading.load_completer` / `Completer.configure`: the sentinels become None (-1 seed: fresh
+    noise; -1 guidance: the denoiser's own) and num_points 0 is left out (the weights' value)."""
+    out = {}
+    for name in names if names is not None else BY_NAME:
+        if not name.startswith("completion."):
+            continue
+        value, key = values[name], name.removeprefix("completion.")
+        if key in ("seed", "guidance_scale") and value < 0:
+            value = None
+        if key == "num_points" and value == 0:
+            continue
+        out[key] = value
+    return out

@@ -6,11 +6,12 @@ no display and no pyplot global state are involved.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from ..atomic import atomic_open
 
 VIEWS = {"bev": ("bev",), "3d": ("3d",), "both": ("bev", "3d")}
 CMAP = "turbo"        # bright at both ends, so low ground points stay visible on a black background
@@ -60,7 +61,7 @@ def render_clouds(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], *,
         from matplotlib.figure import Figure
         from matplotlib.cm import ScalarMappable
     except ImportError as e:
-        raise ImportError("ddpo_ros.render needs matplotlib: pip install matplotlib "
+        raise ImportError("ddpo_ros.frontends.render needs matplotlib: pip install matplotlib "
                           "(or the package extra ddpo_ros[viz])") from e
     panels = _check_panels(panels)
     path = Path(path)
@@ -117,18 +118,9 @@ def render_clouds(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], *,
     bar.ax.tick_params(colors=FOREGROUND)
 
     # Atomic write: a reader (README build, TensorBoard, a watcher) never sees a half-written PNG.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A plain open() rather than mkstemp: mkstemp's 0600 mode would survive the rename and hide the
-    # PNG from other users; the pid keeps concurrent writers apart.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            # No Software/date metadata: identical inputs give byte-identical files.
-            fig.savefig(f, format="png", facecolor=BACKGROUND, metadata={"Software": None})
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        # No Software/date metadata: identical inputs give byte-identical files.
+        fig.savefig(f, format="png", facecolor=BACKGROUND, metadata={"Software": None})
     return path
 
 

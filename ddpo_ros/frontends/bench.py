@@ -12,7 +12,7 @@ sigma 0.05 m (late step: nearly clean, voxels with many neighbours) and, for the
 (t = 999, the first sampler step). Conv input: the 5 cm voxels of x_t,
 features = voxel mean xyz @ a seeded (3, 32) matrix. Weights: seed 0, the same for both backends.
 
-Each (case, backend) runs in a fresh subprocess (``python -m ddpo_ros.bench --worker SPEC``, one JSON
+Each (case, backend) runs in a fresh subprocess (``python -m ddpo_ros.frontends.bench --worker SPEC``, one JSON
 line out; MinkowskiEngine's in --minkowski-python). Time: median and min of --repeats runs after 1
 warm-up (CUDA synchronised). Peak memory, max over runs: CPU: growth of the process's peak RSS in the
 op (VmHWM after - VmRSS before, VmHWM reset by /proc/self/clear_refs); CUDA: max_memory_allocated
@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .clouds import KITTI_FRAME, crop_range, find_kitti_frame, read_kitti_bin
+from ..clouds import KITTI_FRAME, crop_range, find_kitti_frame, read_kitti_bin
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EARLY_SIGMA, MID_SIGMA, LATE_SIGMA, VOXEL, CHANNELS, REPLICAS = 0.9852, 0.45, 0.05, 0.05, 32, 10
 OPS = ("conv", "conv+map", "denoiser")
 MEMORY = {"cpu": "process peak RSS growth, VmHWM after - VmRSS before (VmHWM reset)",
@@ -47,8 +47,8 @@ CASE_KEYS, WORKER_TIMEOUT_S = ("op", "n_points", "sigma", "backend", "device", "
 
 def diffusion_step(sigma: float) -> int:
     """Step t of LiDiff's linear schedule whose noise std sqrt(1 - abar_t) is closest to sigma."""
-    from .config import DiffusionConfig
-    from .diffusion import schedule_from_config
+    from ..config import DiffusionConfig
+    from ..diffusion import schedule_from_config
     schedule = schedule_from_config(DiffusionConfig())  # its defaults are LiDiff's schedule
     return int((schedule.sigma(slice(None)) - sigma).abs().argmin())
 
@@ -103,8 +103,8 @@ def measure_once(op, device: torch.device) -> tuple[float, int]:
 
 def run_case(spec: dict) -> dict:
     """One (op, N, sigma, backend) case in this process; returns its result record."""
-    from .models.networks import MinkGlobalEnc, MinkUNetDiff
-    from .sparse import get_backend, layers
+    from ..models.networks import MinkGlobalEnc, MinkUNetDiff
+    from ..sparse import get_backend, layers
     torch.set_num_threads(spec["threads"])
     device, backend, width = torch.device(spec["device"]), spec["backend"], spec["width"]
     sp = get_backend(backend)
@@ -147,7 +147,7 @@ def run_case(spec: dict) -> dict:
             "minkowski_engine": me and me.__version__}
 
 
-def _spawn(python: str, spec: dict, module: str = "ddpo_ros.bench", keys=CASE_KEYS,
+def _spawn(python: str, spec: dict, module: str = "ddpo_ros.frontends.bench", keys=CASE_KEYS,
            timeout: float = WORKER_TIMEOUT_S):
     """Run one case in a fresh `python -m module --worker SPEC`; a failure becomes an error record."""
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
@@ -247,7 +247,7 @@ def write_results(doc: dict, out: Path, table: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ddpo_ros.bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m ddpo_ros.frontends.bench", description=__doc__.splitlines()[0])
     for flag, kind, default in (("--out", str, "bench/results.json"), ("--points", str, "20000,50000,180000"),
                                 ("--minkowski-python", str, None), ("--device", str, "cpu"),
                                 ("--repeats", int, 3)):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .clouds import read_kitti_bin
+from ..clouds import read_kitti_bin
 
 NOMINAL_PERIOD = 0.1  # s; the HDL-64E spins at 10 Hz, used only when times.txt is missing
 

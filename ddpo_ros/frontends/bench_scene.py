@@ -10,7 +10,7 @@ the x6 refiner. Three tables:
 - shortcuts (fp32): each exact shortcut of the pipeline turned off alone, and all off (LiDiff's
   straightforward evaluation: encoder twice per step, separate branches, per-voxel MLPs,
   all-pairs 1-NN, unfolded BatchNorm), on 2-step scenes, and all off vs all on for an 8-step
-  scene; also glibc's default allocator (freed memory returned, see ddpo_ros/allocator.py) and
+  scene; also glibc's default allocator (freed memory returned, see ddpo_ros/frontends/allocator.py) and
   the plain-torch twins of the compiled kernels (DDPO_NATIVE=0, see ddpo_ros/sparse/native.py),
   the latter in bf16 at 8 steps too;
 - scaling: an 8-step paper-scale scene at 20k/50k/180k/360k points, both precisions.
@@ -73,14 +73,15 @@ class OracleSteered(torch.nn.Module):
 
 
 def build_completer(spec: dict):
-    from .clouds import find_kitti_frame, read_kitti_bin
-    from .config import load_config
-    from .models import build_denoiser, build_encoder, build_refiner
-    from .pipeline import Completer
+    from ..clouds import find_kitti_frame, read_kitti_bin
+    from ..config import load_config
+    from ..models import build_denoiser, build_encoder, build_refiner
+    from ..pipeline import Completer
 
     scan = read_kitti_bin(find_kitti_frame())
     if spec.get("weights"):
-        comp = Completer.from_checkpoint(spec["weights"], device=spec["device"])
+        from ..loading import load_completer
+        comp = load_completer(spec["weights"], device=spec["device"])
         cfg = comp.config
     else:
         cfg = load_config(REPO / SCALES[spec["scale"]])
@@ -102,8 +103,8 @@ def build_completer(spec: dict):
 def run_worker(spec: dict) -> list[dict]:
     """All cases of one scale and point count, in this process, after a 1-step warm-up."""
     from .allocator import retain_freed_memory
-    from .pipeline import Shortcuts
-    from .sparse import native
+    from ..pipeline import Shortcuts
+    from ..sparse import native
     torch.set_num_threads(spec["threads"])
     if spec["retain"]:
         retain_freed_memory()
@@ -240,7 +241,7 @@ def bench_scene_cli(args) -> int:
             spec.pop("width")
         print(f"[bench-scene {time.perf_counter() - start:5.0f} s] {w['scale']} {w['n_points']:,} points: "
               f"{len(w['cases'])} scenes ...", file=sys.stderr, flush=True)
-        got = _spawn(sys.executable, spec, module="ddpo_ros.bench_scene", keys=KEYS, timeout=WORKER_TIMEOUT_S)
+        got = _spawn(sys.executable, spec, module="ddpo_ros.frontends.bench_scene", keys=KEYS, timeout=WORKER_TIMEOUT_S)
         results += got if isinstance(got, list) else [got]
     doc = {"machine": machine_facts(args.device, args.threads, []), "results": results,
            "wall_s": round(time.perf_counter() - start, 1),
@@ -251,7 +252,7 @@ def bench_scene_cli(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m ddpo_ros.bench_scene --worker SPEC` runs one worker; anything else is `ddpo bench-scene`."""
+    """`python -m ddpo_ros.frontends.bench_scene --worker SPEC` runs one worker; anything else is `ddpo bench-scene`."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
         return print(json.dumps(run_worker(json.loads(argv[1]))), flush=True) or 0

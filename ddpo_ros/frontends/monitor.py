@@ -60,6 +60,7 @@ class Monitor:
         self._problem: tuple[float, int, str] | None = None  # (time, level, reason) since the last success
         self._dropped_reported = 0
         self.ready = False  # set by the node once the model is loaded and warmed up
+        self.inactive = False  # a lifecycle node between deactivate and activate
         self._lock = threading.Lock()
 
     # -- events -----------------------------------------------------------------------------
@@ -96,6 +97,7 @@ class Monitor:
                 self._stages.setdefault(key, deque(maxlen=self._processing.maxlen)).append(ms)
             self._last = {"steps": str(completion.steps), "guidance_scale": f"{completion.guidance_scale:g}",
                           "points in": str(completion.counts.get("input", "")),
+                          "points invalid": str(completion.counts.get("invalid", "")),  # NaN or all-zero
                           "points out": str(completion.counts.get("output", ""))}
             self._problem = None
 
@@ -119,6 +121,8 @@ class Monitor:
             self._dropped_reported = c["dropped"]
             level, message = OK, ("completing" if c["processed"] else "waiting for the first cloud" if self.ready
                                   else "warming up")
+            if self.inactive:
+                message = "inactive (lifecycle): not subscribed"
             if self.latency_warn_ms > 0 and lat[0] > self.latency_warn_ms:
                 level, message = WARN, f"mean latency {lat[0]:.0f} ms > {self.latency_warn_ms:g} ms"
             if new_drops:

@@ -8,12 +8,11 @@ with that frame's stage times, steps and point counts.
 from __future__ import annotations
 
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 from .bags import CLOUD_TYPE, cloud_topic, header, new_bag, open_bag, qos, stamp_ns, typestore
-from .clouds import CloudError, make_pointcloud2, read_pointcloud2
+from .frame import complete_message
 from .monitor import Monitor, diagnostic_array
 
 DIAG_TYPE = "diagnostic_msgs/msg/DiagnosticArray"
@@ -28,11 +27,10 @@ def _copy_connection(writer, conn):
 
 
 def complete_bag(in_bag: str | Path, out_bag: str | Path, completer, *, topic: str | None = None,
-                 out_topic: str | None = None, storage: str | None = None, steps: int | None = None,
-                 refine: bool | None = None, guidance_scale: float | None = None, seed: int | None = None,
-                 progress: bool = True) -> dict:
+                 out_topic: str | None = None, storage: str | None = None, progress: bool = True) -> dict:
     """Write out_bag = in_bag + completions on out_topic (default "<topic>/completed") + /diagnostics.
 
+    Each cloud goes through frame.complete_message with the completer's settings, as in the node.
     A cloud the completer cannot use (malformed, empty after the crop) gets no completion, only an
     ERROR/WARN diagnostic. Returns {"clouds", "completed", "skipped", "written", "topics": counts}.
     """
@@ -42,7 +40,7 @@ def complete_bag(in_bag: str | Path, out_bag: str | Path, completer, *, topic: s
     if out_bag.resolve() == in_bag.resolve():
         raise ValueError(f"{out_bag}: the output bag must differ from the input")
     ts = typestore()
-    PointCloud2, PointField = ts.types[CLOUD_TYPE], ts.types["sensor_msgs/msg/PointField"]
+    PointField = ts.types["sensor_msgs/msg/PointField"]
     diag_cls = [ts.types[f"diagnostic_msgs/msg/{n}"] for n in ("DiagnosticArray", "DiagnosticStatus", "KeyValue")]
     # window 1: each diagnostic describes its own frame, not a rolling mean (the counters still add up)
     monitor = Monitor(window=1, device=str(getattr(completer, "device", "cpu")))
@@ -74,24 +72,15 @@ def complete_bag(in_bag: str | Path, out_bag: str | Path, completer, *, topic: s
                 written[conn.topic] += 1
                 if conn.topic != name:
                     continue
-                start = time.perf_counter()
                 monitor.received()
                 msg = reader.deserialize(raw, conn.msgtype)
                 head = header(ts, stamp_ns(msg.header.stamp), msg.header.frame_id)
-                try:
-                    result = completer.complete(read_pointcloud2(msg, intensity=False).points, steps=steps,
-                                                refine=refine, guidance_scale=guidance_scale, seed=seed)
-                except CloudError as err:
-                    monitor.rejected("malformed", f"bag time {t}: {err}")
-                    done["skipped"] += 1
-                except ValueError as err:  # the completer's "cannot use this scan"
-                    monitor.rejected("skipped", f"bag time {t}: {err}")
+                result = complete_message(completer, msg, PointField, monitor)  # no live clock: no latency
+                if result.cloud is None:
                     done["skipped"] += 1
                 else:
-                    cloud = make_pointcloud2(result.points, head, PointCloud2, PointField)
-                    writer.write(completed, t, ts.serialize_cdr(cloud, CLOUD_TYPE))
+                    writer.write(completed, t, ts.serialize_cdr(result.cloud, CLOUD_TYPE))
                     written[out_topic] += 1
-                    monitor.processed(result, None, time.perf_counter() - start)  # latency: no live clock
                     done["completed"] += 1
                 report = monitor.report()
                 array = diagnostic_array(report, head, *diag_cls, name=DIAG_NAME, hardware_id=monitor.device)

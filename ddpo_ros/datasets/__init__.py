@@ -1,0 +1,1 @@
+"""Data sources: KITTI sequences, ground-truth maps, point cloud files."""

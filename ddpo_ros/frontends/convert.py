@@ -1,0 +1,70 @@
+"""`ddpo convert`: weights between the reference Lightning `.ckpt` files and our `.safetensors`.
+
+Three directions, picked by the inputs: `.ckpt` files -> one `.safetensors` (import, merged),
+one `.safetensors` + --layout -> a reference `.ckpt` (export), several `.safetensors` -> one
+(merge, e.g. a teacher run's and a refine run's weights). The work is in ddpo_ros.checkpoint
+(our format) and ddpo_ros.reference_ckpt (theirs); this module parses, reports and prints.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Mapping
+
+from torch import Tensor
+
+from ..checkpoint import CheckpointError, _check_roles, load_checkpoint, merge, save_checkpoint
+from ..config import ConfigError
+from ..reference_ckpt import LAYOUTS, export_reference, import_reference
+
+_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _param_count(state: Mapping[str, Tensor]) -> int:
+    """Trainable parameters in a state dict: BN running statistics and counters are not counted."""
+    return sum(t.numel() for k, t in state.items() if not k.endswith(_BUFFERS))
+
+
+def convert_cli(args) -> int:
+    """`ddpo convert`: .ckpt files -> one .safetensors, one .safetensors + --layout -> .ckpt, or
+    several .safetensors -> one merged .safetensors (e.g. a teacher run's and a refine run's weights)."""
+    try:
+        roles = [r.strip() for r in args.roles.split(",") if r.strip()] if args.roles else None
+        _check_roles(roles or (), "--roles")
+        inputs = [Path(p) for p in args.inputs]
+        if args.layout:
+            if len(inputs) != 1 or inputs[0].suffix != ".safetensors":
+                raise CheckpointError("--layout exports exactly one .safetensors input")
+            ckpt = load_checkpoint(inputs[0])
+            ckpt = replace(ckpt, state={r: s for r, s in ckpt.state.items() if roles is None or r in roles})
+            out = export_reference(ckpt, args.output, args.layout)
+            state, config = {r: ckpt.state[r] for r in LAYOUTS[args.layout]}, ckpt.config
+        elif all(p.suffix == ".safetensors" for p in inputs) and len(inputs) > 1:
+            ckpt = merge(inputs, roles)
+            out = save_checkpoint(args.output, ckpt.state, ckpt.config, step=ckpt.step, extra=ckpt.extra,
+                                  source=ckpt.source)
+            state, config = ckpt.state, ckpt.config
+        else:
+            if any(p.suffix == ".safetensors" for p in inputs):
+                raise CheckpointError("a .safetensors input needs --layout (export), or two or more "
+                                      ".safetensors inputs and nothing else (merge); import takes .ckpt files")
+            state, config, info = import_reference(inputs, roles)
+            hp = info.pop("hyper_parameters")
+            try:
+                extra = {"hyper_parameters": json.loads(json.dumps(hp))} if hp else None
+            except (TypeError, ValueError):
+                extra = None  # not JSON: the export then writes only the schedule
+            out = save_checkpoint(args.output, state, config, step=info["global_step"] or 0,
+                                  extra=extra, source=json.dumps(info))
+    except (CheckpointError, ConfigError, OSError) as err:  # OSError: e.g. an unwritable output
+        print(f"ddpo convert: error: {err}", file=sys.stderr)
+        return 2
+    for role, st in state.items():
+        print(f"  {role:8s} {_param_count(st):>12,d} parameters")
+    m, d = config.model, config.diffusion
+    print(f"  width {m.width:g}, voxel {m.voxel_size:g} m, T={d.num_train_timesteps}, "
+          f"betas {d.beta_start:g}..{d.beta_end:g}")
+    print(f"wrote {out}")
+    return 0
