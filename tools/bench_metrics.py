@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ddpo_ros.clouds import find_kitti_frame  # noqa: E402
-from ddpo_ros.ground_truth import nn_distances  # noqa: E402
+from ddpo_ros.datasets.ground_truth import nn_distances  # noqa: E402
 from training.emd import sinkhorn, voxel_masses  # noqa: E402
 from training.metrics import (chamfer, iou_counts, jsd_3d, jsd_bev, precision_recall_f,  # noqa: E402
                               scene_metrics)

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from ddpo_ros.clouds import find_kitti_frame
-from ddpo_ros.ground_truth import partial_scan, scan_ground_truth
-from ddpo_ros.kitti import KittiSequence
-from ddpo_ros.render import render_clouds
+from ddpo_ros.datasets.ground_truth import partial_scan, scan_ground_truth
+from ddpo_ros.datasets.kitti import KittiSequence
+from ddpo_ros.frontends.render import render_clouds
 from training.data.maps import build_map
 
 FRAME = 20

@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     seconds = {n: float((out / n / "seconds.txt").read_text())
                for n in ("teacher", "teacher_tune", "refine", "distill", "score-distill")
                if (out / n / "seconds.txt").exists()}
-    from ddpo_ros.bench import machine_facts
+    from ddpo_ros.frontends.bench import machine_facts
     facts = machine_facts("cpu", 0, [])
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": f"{facts['cpu']} ({facts['cores']} cores), torch {facts['torch']}",
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     if args.bundle:
         bundle = REPO / "ddpo_ros" / "weights" / "mini.safetensors"
         bundle.parent.mkdir(exist_ok=True)
-        sh([sys.executable, "-m", "ddpo_ros.cli", "convert", students["distill"], refiner, "-o", bundle,
+        sh([sys.executable, "-m", "ddpo_ros.frontends.cli", "convert", students["distill"], refiner, "-o", bundle,
             "--roles", "encoder,student,refiner"], log)
         print(f"bundled {bundle} ({bundle.stat().st_size / 2**20:.1f} MiB)")
     return 0

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from ddpo_ros.checkpoint import build_models, load_checkpoint  # noqa: E402
 from ddpo_ros.diffusion import add_local_noise, schedule_from_config  # noqa: E402
-from ddpo_ros.ground_truth import partial_scan  # noqa: E402
+from ddpo_ros.datasets.ground_truth import partial_scan  # noqa: E402
 from training.data.kitti import training_pair  # noqa: E402
 from training.evaluate import held_out_synthetic  # noqa: E402
 from training.oracle import OracleDenoiser  # noqa: E402

@@ -33,10 +33,10 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # training/ is not an installed package
-from ddpo_ros.bench import machine_facts  # noqa: E402
+from ddpo_ros.frontends.bench import machine_facts  # noqa: E402
 from ddpo_ros.config import Config, load_config  # noqa: E402
 from ddpo_ros.diffusion import schedule_from_config  # noqa: E402
-from ddpo_ros.ground_truth import partial_scan  # noqa: E402
+from ddpo_ros.datasets.ground_truth import partial_scan  # noqa: E402
 from ddpo_ros.pipeline import Completer  # noqa: E402
 from training.evaluate import held_out_synthetic, kitti_scenes  # noqa: E402
 from training.metrics import completion_metrics  # noqa: E402

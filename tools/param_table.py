@@ -1,6 +1,6 @@
 """The completion node's parameters as a Markdown table (docs/ros.md) and as config/node.yaml.
 
-Both come from ddpo_ros.node_params.PARAMETERS, and tests compare them with the files, so the docs
+Both come from ddpo_ros.frontends.node_params.PARAMETERS, and tests compare them with the files, so the docs
 and the YAML cannot drift from the node:
 
     python tools/param_table.py            # print the Markdown table
@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ddpo_ros.node_params import PARAMETERS, Param  # noqa: E402
+from ddpo_ros.frontends.node_params import PARAMETERS, Param  # noqa: E402
 
 DOC = REPO / "docs" / "ros.md"
 YAML = REPO / "config" / "node.yaml"
@@ -60,7 +60,7 @@ def markdown_table() -> str:
 
 
 def node_yaml() -> str:
-    lines = ["# ddpo_ros completion node: every parameter with its default (ddpo_ros/node_params.py).",
+    lines = ["# ddpo_ros completion node: every parameter with its default (ddpo_ros/frontends/node_params.py).",
              "# ros2 launch ddpo_ros complete.launch.py params_file:=my.yaml  to use a copy of this file;",
              "# launch arguments (weights:=, device:=, steps:=) override it. Regenerate: tools/param_table.py --write",
              f"{NODE_KEY}:", "  ros__parameters:"]

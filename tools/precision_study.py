@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpo_ros.allocator import retain_freed_memory
+from ddpo_ros.frontends.allocator import retain_freed_memory
 from ddpo_ros.clouds import crop_range, read_kitti_bin
-from ddpo_ros.ground_truth import chamfer_distance
+from ddpo_ros.datasets.ground_truth import chamfer_distance
+from ddpo_ros.loading import load_completer
 from ddpo_ros.pipeline import Completer
-from ddpo_ros.resources import default_weights
 
 REPO = Path(__file__).resolve().parents[1]
 SEQUENCE = Path("kitti_seq00_0_39/velodyne")
@@ -45,7 +45,7 @@ def main() -> None:
     args = p.parse_args()
     retain_freed_memory()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    comp = Completer.from_checkpoint(default_weights())
+    comp = load_completer()  # the bundled mini weights
     rows = []
     for frame in args.frames:
         scan = read_kitti_bin(Path(args.data) / SEQUENCE / f"{frame:06d}.bin")

@@ -9,7 +9,7 @@ import numpy as np
 
 from ddpo_ros.clouds import crop_range, find_kitti_frame, read_kitti_bin
 from ddpo_ros.fps import farthest_point_sample
-from ddpo_ros.render import render_clouds
+from ddpo_ros.frontends.render import render_clouds
 
 scan = crop_range(read_kitti_bin(find_kitti_frame())[:, :3])
 partial = scan[farthest_point_sample(scan, 18000)]

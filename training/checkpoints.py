@@ -21,6 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ddpo_ros.atomic import atomic_open, atomic_write
 from ddpo_ros.checkpoint import CheckpointError, build_models, load_checkpoint, save_checkpoint
 
 
@@ -62,20 +63,16 @@ def save(out: Path, step: int, models: dict, optimizers: dict, config, progress:
     tensors["__nothing__"] = torch.zeros(0)  # safetensors needs at least one tensor
     save_file(tensors, str(tmp / "state.safetensors"), metadata={"training": json.dumps(meta)})
     shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    pointer = root / ".latest.tmp"
-    pointer.write_text(final.name)
-    os.replace(pointer, root / "latest")
+    os.replace(tmp, final)  # a folder: ddpo_ros.atomic handles files, and a rename is all it takes
+    with atomic_open(root / "latest", "w") as f:
+        f.write(final.name)
     return final
 
 
 def publish_weights(out: Path) -> Path:
     """out/weights.safetensors: a copy of the latest checkpoint's weights (atomic), the run's result."""
     src = latest(out) / "weights.safetensors"
-    tmp = Path(out) / ".weights.tmp"
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, Path(out) / "weights.safetensors")
-    return Path(out) / "weights.safetensors"
+    return atomic_write(Path(out) / "weights.safetensors", lambda tmp: shutil.copyfile(src, tmp))
 
 
 def latest(out: Path) -> Path | None:

@@ -18,11 +18,10 @@ import torch
 from ddpo_ros.diffusion import add_local_noise, schedule_from_config
 from ddpo_ros.pipeline import Completer
 
-from .distill import load_teacher, pair_samples
-from .student import clamp_far, frozen_condition
+from .common import load_teacher, make_optimizer
 from .loop import Run, Stage, inference_config
 from .losses import diffusion_dpo_loss
-from .teacher import make_optimizer
+from .student import clamp_far, frozen_condition, pair_samples
 from .validation import validator
 
 

@@ -27,28 +27,11 @@ import torch
 from ddpo_ros.diffusion import add_local_noise, schedule_from_config
 from ddpo_ros.pipeline import Completer
 
-from .checkpoints import load_roles
+from .common import load_teacher
 from .loop import Run, Stage, inference_config
 from .losses import noise_mse, student_surrogate
-from .student import clamp_far, frozen_condition, one_step_generate, preference
+from .student import clamp_far, frozen_condition, pair_samples
 from .validation import validator
-
-
-def load_teacher(cfg, device) -> dict:
-    """encoder + teacher from distill.teacher, checked against this config's model."""
-    return load_roles(cfg.distill.teacher, "distill.teacher", cfg, ["encoder", "teacher"], device)
-
-
-def pair_samples(student, cond, x_init, gt, lam, schedule, generator, metric):
-    """Two one-step samples from one noise (lambda 1 and lam) -> winner, loser, CDs, lam-sample-won flags."""
-    eps = torch.randn(x_init.shape, generator=generator).to(x_init.device)
-    s1 = one_step_generate(student, cond, x_init, eps, 1.0, schedule, generator=generator)
-    s2 = one_step_generate(student, cond, x_init, eps, lam, schedule, generator=generator)
-    picks = [preference(s1[b], s2[b], gt[b], metric=metric) for b in range(len(gt))]
-    second = torch.tensor([p[0] == 1 for p in picks], device=x_init.device)[:, None, None]
-    winner, loser = torch.where(second, s2, s1), torch.where(second, s1, s2)
-    scores = torch.tensor([[min(p[1], p[2]), max(p[1], p[2])] for p in picks])
-    return winner, loser, scores, second.float().mean().item()
 
 
 def build(cfg, run: Run, train_set, val_set) -> Stage:

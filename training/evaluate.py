@@ -19,8 +19,8 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from ddpo_ros.ground_truth import partial_scan, scan_ground_truth
-from ddpo_ros.kitti import KittiSequence
+from ddpo_ros.datasets.ground_truth import partial_scan, scan_ground_truth
+from ddpo_ros.datasets.kitti import KittiSequence
 
 from .data.kitti import SPLITS, find_sequences
 from .data.maps import sequence_map
@@ -128,11 +128,19 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate(args) -> int:
-    from ddpo_ros.offline import load_completer
-    from ddpo_ros.render import render_clouds
+def completer_of(args):
+    """The Completer to score: the weights' own `completion:` settings, --precision replacing theirs
+    when given (--steps, --guidance and --seed go to each complete() call, see settings_of)."""
+    from ddpo_ros.loading import load_completer
 
-    completer = load_completer(args)
+    overrides = {"precision": args.precision} if args.precision else {}
+    return load_completer(args.weights, device=args.device, overrides=overrides)
+
+
+def evaluate(args) -> int:
+    from ddpo_ros.frontends.render import render_clouds
+
+    completer = completer_of(args)
     settings = settings_of(args, completer)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

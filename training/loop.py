@@ -22,6 +22,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from ddpo_ros.loading import resolve_device
+
 from . import checkpoints
 
 
@@ -81,9 +83,10 @@ class Run:
 def setup(cfg, out: Path) -> Run:
     """Process group (torchrun sets WORLD_SIZE), device, seeds and the TensorBoard writer."""
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    device = torch.device(cfg.train.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device is {cfg.train.device!r} but this torch has no CUDA device")
+    try:
+        device = resolve_device(cfg.train.device)  # training never falls back: a CPU run would take days
+    except ValueError as err:
+        raise ValueError(f"train.device: {err}") from None
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

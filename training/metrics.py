@@ -11,7 +11,7 @@ import numpy as np
 from scipy.integrate import simpson
 from scipy.spatial.distance import jensenshannon
 
-from ddpo_ros.ground_truth import nn_distances
+from ddpo_ros.datasets.ground_truth import nn_distances
 from training.emd import sinkhorn, transport_lp, voxel_masses
 
 TAUS = np.linspace(0.05, 0.10, 100)  # the reference's precision / recall thresholds, metres

@@ -23,7 +23,7 @@ makes 1,080,000. Subset and jitter draw from run.generator (resume stays exact).
 (reference: 1e-4, batch 8, 5 epochs, no scheduler: set train.lr_decay_every 0).
 
 Validation (the refiner alone, no diffusion model): on the first train.val_scans validation pairs,
-the paper's CD (ddpo_ros.ground_truth.chamfer_distance, metres) of the jittered input and of the
+the paper's CD (ddpo_ros.datasets.ground_truth.chamfer_distance, metres) of the jittered input and of the
 refined output to the ground truth, as val/cd_input and val/cd_refined; input and jitter come from a
 fixed seed per pair, so the numbers compare across steps. One PNG per validation in out/val/.
 """
@@ -36,13 +36,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ddpo_ros.ground_truth import chamfer_distance
+from ddpo_ros.datasets.ground_truth import chamfer_distance
 from ddpo_ros.models import build_refiner
-from ddpo_ros.render import render_clouds
+from ddpo_ros.frontends.render import render_clouds
 
+from .common import make_optimizer
 from .loop import Run, Stage
 from .losses import chamfer_squared
-from .teacher import make_optimizer
 
 
 def input_points(cfg) -> int:

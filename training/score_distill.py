@@ -14,7 +14,7 @@ import torch
 from ddpo_ros.diffusion import add_local_noise, schedule_from_config
 from ddpo_ros.pipeline import Completer
 
-from .distill import load_teacher
+from .common import load_teacher
 from .loop import Run, Stage, inference_config
 from .losses import noise_mse, score_distill_surrogate
 from .student import clamp_far, frozen_condition, one_step_generate

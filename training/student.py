@@ -6,7 +6,9 @@ s_steps = 1 (reference section 2). It runs the sampler's own step math (`data_pr
 `dpmpp_update`) on the sampler's state, the offset from x_init, so it equals a 1-step
 `sample_dpmpp` for the same noise, but keeps the autograd graph to the denoiser's parameters.
 
-`preference` ranks the pair by the paper's CD (or by JSD, Table 5) against ground truth: lower wins.
+`preference` ranks the pair by the paper's CD (or by JSD, Table 5) against ground truth: lower wins;
+`pair_samples` makes and ranks the pair (lambda 1 and lam from one noise) for a whole batch.
+`clamp_far` and `frozen_condition` are the other per-step helpers the student-side stages share.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ddpo_ros.diffusion import Schedule, data_prediction, dpmpp_update, standard_noise
-from ddpo_ros.ground_truth import chamfer_distance
+from ddpo_ros.datasets.ground_truth import chamfer_distance
 from training.metrics import jsd_3d
 
 T_STUDENT = 999  # the student's only training step (diffusers' 1-step "linspace" schedule)
@@ -74,6 +76,18 @@ def preference(sample_a, sample_b, gt, metric: str = "cd") -> tuple[int, float, 
     score_a = float(score(_cloud(sample_a, "sample_a"), target))
     score_b = float(score(_cloud(sample_b, "sample_b"), target))
     return (0 if score_a <= score_b else 1), score_a, score_b
+
+
+def pair_samples(student, cond, x_init, gt, lam, schedule, generator, metric):
+    """Two one-step samples from one noise (lambda 1 and lam) -> winner, loser, CDs, lam-sample-won flags."""
+    eps = torch.randn(x_init.shape, generator=generator).to(x_init.device)
+    s1 = one_step_generate(student, cond, x_init, eps, 1.0, schedule, generator=generator)
+    s2 = one_step_generate(student, cond, x_init, eps, lam, schedule, generator=generator)
+    picks = [preference(s1[b], s2[b], gt[b], metric=metric) for b in range(len(gt))]
+    second = torch.tensor([p[0] == 1 for p in picks], device=x_init.device)[:, None, None]
+    winner, loser = torch.where(second, s2, s1), torch.where(second, s1, s2)
+    scores = torch.tensor([[min(p[1], p[2]), max(p[1], p[2])] for p in picks])
+    return winner, loser, scores, second.float().mean().item()
 
 
 def clamp_far(points: Tensor, max_range: float) -> Tensor:

@@ -17,6 +17,7 @@ from ddpo_ros.models import build_denoiser, build_encoder
 from ddpo_ros.pipeline import Completer
 
 from .checkpoints import load_roles
+from .common import make_optimizer
 from .loop import Run, Stage, inference_config
 from .losses import lidiff_loss
 from .validation import validator
@@ -28,12 +29,6 @@ def draw_steps(n: int, num_train_timesteps: int, generator: torch.Generator) -> 
     u = torch.rand(n, generator=generator, dtype=torch.float64)
     t = ((torch.arange(n, dtype=torch.float64) + u) * num_train_timesteps / n).long()
     return t[torch.randperm(n, generator=generator)].clamp_(0, num_train_timesteps - 1)
-
-
-def make_optimizer(cfg, params) -> torch.optim.Optimizer:
-    if cfg.train.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.train.lr, betas=(0.9, 0.999))
-    return torch.optim.SGD(params, lr=cfg.train.lr)
 
 
 def build(cfg, run: Run, train_set, val_set) -> Stage:

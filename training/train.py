@@ -66,10 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from ddpo_ros.allocator import retain_freed_memory
+    from ddpo_ros.frontends.allocator import retain_freed_memory
 
     args = build_parser().parse_args(argv)
-    retain_freed_memory()  # large tensors reuse freed pages (ddpo_ros/allocator.py)
+    retain_freed_memory()  # large tensors reuse freed pages (ddpo_ros/frontends/allocator.py)
     if args.stage == "evaluate":
         from training.evaluate import evaluate
         return evaluate(args)

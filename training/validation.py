@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpo_ros.ground_truth import chamfer_distance
-from ddpo_ros.render import render_clouds
+from ddpo_ros.datasets.ground_truth import chamfer_distance
+from ddpo_ros.frontends.render import render_clouds
 
 from .metrics import jsd_3d
 

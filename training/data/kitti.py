@@ -21,8 +21,8 @@ from scipy.spatial.transform import Rotation
 from torch.utils.data import DataLoader, Dataset
 
 from ddpo_ros.fps import farthest_point_sample
-from ddpo_ros.ground_truth import partial_scan, scan_ground_truth
-from ddpo_ros.kitti import KittiSequence
+from ddpo_ros.datasets.ground_truth import partial_scan, scan_ground_truth
+from ddpo_ros.datasets.kitti import KittiSequence
 
 from .maps import sequence_map
 

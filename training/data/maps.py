@@ -1,6 +1,6 @@
 """Ground-truth maps per sequence, built once and cached (LiDiff's map_from_scans.py, reference section 3).
 
-A map is every scan of the sequence merged in the world frame (ddpo_ros.ground_truth.MapBuilder:
+A map is every scan of the sequence merged in the world frame (ddpo_ros.datasets.ground_truth.MapBuilder:
 static labels when present, r > 3.5 m, first point per 0.1 m voxel). Building one for a
 4,500-scan sequence takes minutes, so it is written to `cache_dir` as .npy plus a JSON sidecar
 that records what it was built from; a cache that does not match its sequence is rebuilt.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -17,8 +16,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ddpo_ros.ground_truth import MapBuilder
-from ddpo_ros.kitti import KittiSequence
+from ddpo_ros.atomic import atomic_open
+from ddpo_ros.datasets.ground_truth import MapBuilder
+from ddpo_ros.datasets.kitti import KittiSequence
 
 
 def build_map(seq: KittiSequence, *, voxel: float = 0.1, progress: bool = True) -> tuple[np.ndarray, bool]:
@@ -57,9 +57,10 @@ def sequence_map(seq: KittiSequence, cache_dir: str | Path | None, *, voxel: flo
         if {k: meta.get(k) for k in ident} == ident:
             return np.load(npy_path), bool(meta["labelled"])
     points, labelled = build_map(seq, voxel=voxel, progress=progress)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    tmp = npy_path.with_name(npy_path.name + ".tmp.npy")
-    np.save(tmp, points)
-    os.replace(tmp, npy_path)  # atomic: a killed build leaves no half map
-    meta_path.write_text(json.dumps({**ident, "labelled": labelled, "points": len(points)}, indent=1))
+    # Both atomic: a killed build leaves no half map, and no torn sidecar (its JSON would fail the next
+    # run instead of rebuilding).
+    with atomic_open(npy_path) as f:  # a file object: np.save would add ".npy" to a temporary name
+        np.save(f, points)
+    with atomic_open(meta_path, "w") as f:
+        f.write(json.dumps({**ident, "labelled": labelled, "points": len(points)}, indent=1))
     return points, labelled

@@ -1,7 +1,7 @@
 """Synthetic (scan, ground truth) samples from procedural street scenes, unlimited and deterministic by seed.
 
 A sample is one HDL-64E-like scan from the middle of a short drive plus its ground truth, built the
-way LiDiff builds it from KITTI (ddpo_ros.ground_truth): the scans of every pose of the drive merged
+way LiDiff builds it from KITTI (ddpo_ros.datasets.ground_truth): the scans of every pose of the drive merged
 into a map (first point per 0.1 m voxel, r > 3.5 m), then cut to the scan (50 m, z > -4, the scan's
 10 m cells). So the ground truth holds only what the drive saw, like a real aggregated map. The map
 is made from the exact hits of all rays (no noise, no dropout) unless `noisy_ground_truth`: the
@@ -18,7 +18,7 @@ import numpy as np
 
 from torch.utils.data import Dataset
 
-from ddpo_ros.ground_truth import MapBuilder, partial_scan, scan_ground_truth
+from ddpo_ros.datasets.ground_truth import MapBuilder, partial_scan, scan_ground_truth
 
 from .lidar import HDL64, Lidar, cast, ray_directions, scan_scene, sense
 from .primitives import CLASSES, surface_gap
@@ -62,8 +62,8 @@ def make_sample(seed: int, num_poses: int = 5, step: float = 1.0, *, lidar: Lida
 
 def render_sample(path: str | Path, sample: dict, *, title: str | None = None) -> Path:
     """PNG of the scan (3.5-50 m, as the model gets it) beside its ground truth: bird's-eye and 3-D."""
-    from ddpo_ros.ground_truth import partial_scan
-    from ddpo_ros.render import render_clouds
+    from ddpo_ros.datasets.ground_truth import partial_scan
+    from ddpo_ros.frontends.render import render_clouds
 
     scan, gt = partial_scan(sample["scan"]), sample["ground_truth"]
     title = title or (f"synthetic street, seed {sample['seed']}: scan of pose {sample['scan_index']} "
