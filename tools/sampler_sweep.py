@@ -1,0 +1,107 @@
+"""A trained model's completions under several sampler settings, on the oracle study's scenes.
+
+Each variant is `sampler:guidance[:steps]` and goes through the real Completer with the weights'
+own networks (no refiner); the scenes, metrics and tables are those of tools/oracle_study.py, so
+the rows sit next to the ideal denoiser's (bench/oracle.md) and the scan's.
+
+    python tools/sampler_sweep.py --weights ddpo_ros/weights/mini.safetensors --out bench/teacher_sweep \
+        --variants ve-sde-dpmsolver++:1,ve-dpmsolver++:1,ve-sde-dpmsolver++:2,sde-dpmsolver++:1
+
+Writes OUT.jsonl (one line per completion, resumable; other variants add to it), OUT.json and OUT.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # training/ and tools/ are not installed packages
+from ddpo_ros.datasets.ground_truth import partial_scan  # noqa: E402
+from ddpo_ros.loading import load_completer, weights_path  # noqa: E402
+from tools.oracle_study import _machine, markdown, scenes, summarise  # noqa: E402
+from training.metrics import completion_metrics  # noqa: E402
+
+
+def parse_variant(text: str, default_steps: int) -> tuple[str, float, int]:
+    """'sampler:guidance[:steps]' -> (sampler, guidance, steps); the error names the variant."""
+    parts = text.split(":")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError("expected sampler:guidance[:steps]")
+        return parts[0], float(parts[1]), int(parts[2]) if len(parts) == 3 else default_steps
+    except ValueError as err:
+        raise SystemExit(f"--variants: {text!r}: {err}") from None
+
+
+def method_name(sampler: str, guidance: float, steps: int) -> str:
+    return f"{sampler}, w {guidance:g}, {steps} steps"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--weights", default=None, help="ddpo_ros .safetensors (default: the bundled weights)")
+    p.add_argument("--out", default="bench/teacher_sweep", help="OUT.jsonl, OUT.json, OUT.md")
+    p.add_argument("--variants", default="ve-sde-dpmsolver++:1", help="comma-separated sampler:guidance[:steps]")
+    p.add_argument("--steps", type=int, default=8, help="steps of variants that name none")
+    p.add_argument("--synthetic", type=int, default=8, help="held-out synthetic scenes")
+    p.add_argument("--kitti", default=str(REPO.parent / "shared" / "data" / "kitti_seq00_0_39"))
+    p.add_argument("--kitti-frames", default="10,20,30")
+    p.add_argument("--cache-dir", default="runs/maps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+
+    variants = [parse_variant(v, args.steps) for v in args.variants.split(",")]
+    weights = weights_path(args.weights)
+    completer = load_completer(weights, device=args.device)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sink_path = out.with_suffix(".jsonl")
+    done = set()
+    if sink_path.exists():
+        done = {(r["key"], r["method"]) for r in map(json.loads, sink_path.read_text().splitlines())}
+    todo = scenes(args)
+    with sink_path.open("a") as sink, tqdm(total=len(todo) * (1 + len(variants)), desc="sweep",
+                                           file=sys.stderr) as bar:
+        for n, (dataset, key, load) in enumerate(todo):
+            scan = gt = None
+            methods = [("scan", None)] + [(method_name(*v), v) for v in variants]
+            for method, variant in methods:
+                bar.update(1)
+                if (key, method) in done:
+                    continue
+                if scan is None:
+                    scan, gt = load()
+                start = time.perf_counter()
+                if variant is None:
+                    pred = partial_scan(scan)
+                else:
+                    sampler, guidance, steps = variant
+                    completer.configure(sampler=sampler)
+                    pred = completer.complete(scan, steps=steps, refine=False, guidance_scale=guidance,
+                                              seed=args.seed + n).points
+                row = {"dataset": dataset, "key": key, "method": method, "weights": weights.name,
+                       "seconds": time.perf_counter() - start, "points": len(pred),
+                       "metrics": completion_metrics(pred, gt)}
+                sink.write(json.dumps(row) + "\n")
+                sink.flush()
+    summary = summarise([json.loads(line) for line in sink_path.read_text().splitlines()])
+    config = completer.config.completion
+    facts = (f"{datetime.now(timezone.utc):%Y-%m-%d}, {_machine()}; {weights.name} ({completer.kind}) in the "
+             f"Completer, {config.num_points:,} sampled scan points x {config.replication} diffused, no refiner; "
+             f"F and IoU in %.")
+    out.with_suffix(".json").write_text(json.dumps({"facts": facts, "weights": str(weights), "summary": summary},
+                                                   indent=1))
+    out.with_suffix(".md").write_text(markdown(summary, facts))
+    print(markdown(summary, facts))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
