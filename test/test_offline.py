@@ -81,8 +81,6 @@ def test_bad_arguments_are_reported(weights, scans, tmp_path, capsys):
     assert "nope.bin: no such file" in capsys.readouterr().err
     assert main(["complete", str(scans / "frame.ply"), "-o", str(tmp_path / "o.ply"),
                  "--weights", str(tmp_path / "missing.safetensors")]) == 2
-    with pytest.raises(SystemExit):  # --weights is required until trained weights ship
-        main(["complete", str(scans / "frame.ply"), "-o", str(tmp_path / "o.ply")])
     with pytest.raises(ValueError, match="need an output folder"):
         output_paths([scans / "a.bin", scans / "b.bin"], tmp_path / "x.ply")
     names = output_paths([scans / "00" / "000000.bin", scans / "08" / "000000.bin"], tmp_path)
@@ -96,3 +94,11 @@ def test_render_writes_a_png(scans, tmp_path):
                  "--labels", "bin,ply", "--view", "bev"]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["render", str(scans / "frame.ply"), "-o", str(out), "--labels", "a,b"]) == 2
+
+
+def test_without_weights_the_bundled_mini_model_completes(scans, tmp_path, capsys):
+    out = tmp_path / "bundled.ply"
+    assert main(["complete", str(scans / "000000.bin"), "-o", str(out), "--steps", "1", "--no-refine"]) == 0
+    err = capsys.readouterr().err
+    assert "teacher from the bundled mini weights" in err, err
+    assert len(read_cloud(out)) > 10_000  # 4,000 sampled points x 10, cropped

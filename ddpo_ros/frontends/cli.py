@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "message copied, plus <topic>/completed and /diagnostics.")
     p.add_argument("inputs", nargs="+", help="scan files or folders of them, or one rosbag2")
     p.add_argument("-o", "--output", required=True, help="output file (one input) or folder; the new bag for a bag")
-    p.add_argument("--weights", required=True,
-                   help="ddpo_ros .safetensors weights (`ddpo convert` makes them from LiDiff/DDPO .ckpt)")
+    p.add_argument("--weights", default=None,
+                   help="ddpo_ros .safetensors weights (default: the bundled mini weights; `ddpo convert` "
+                        "makes them from LiDiff/DDPO .ckpt)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: 8 student, 50 teacher)")
     p.add_argument("--guidance", type=float, default=None, help="CFG weight w (default: 3.5 student, 6 teacher)")
     p.add_argument("--no-refine", action="store_true", help="skip the x6 refinement net")
