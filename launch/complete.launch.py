@@ -2,6 +2,7 @@
 
     ros2 launch ddpo_ros complete.launch.py weights:=/path/to/ddpo.safetensors device:=cuda
     ros2 launch ddpo_ros complete.launch.py bag:=kitti_00 use_sim_time:=true rviz:=true
+    ros2 launch ddpo_ros complete.launch.py managed:=true   # a lifecycle manager configures and activates it
     ros2 launch ddpo_ros complete.launch.py --show-args
 
 Parameters come from params_file (config/node.yaml by default). The weights, device and steps
@@ -11,7 +12,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
@@ -27,6 +28,8 @@ def as_bool(name: str, text: str) -> bool:
 def parameter_overrides(args: dict) -> dict:
     """Node parameters from the launch arguments that were given (an empty one keeps the YAML's)."""
     overrides = {"use_sim_time": as_bool("use_sim_time", args["use_sim_time"])}
+    if as_bool("managed", args["managed"]):
+        overrides["autostart"] = False  # the lifecycle manager drives configure / activate
     for name in ("weights", "device"):
         if args[name]:
             overrides[name] = args[name]
@@ -40,7 +43,10 @@ def parameter_overrides(args: dict) -> dict:
 
 def completion_node(context):
     args = context.launch_configurations
-    return [Node(
+    # A LifecycleNode action lets launch itself emit transition events to a managed node; the
+    # process and its parameters are the same either way.
+    node_class = LifecycleNode if as_bool("managed", args["managed"]) else Node
+    return [node_class(
         package="ddpo_ros",
         executable="completion_node",
         name="ddpo_completion",
@@ -82,6 +88,10 @@ def generate_launch_description():
         DeclareLaunchArgument(
             "rviz", default_value="false",
             description="start RViz with config/ddpo.rviz (input and completed clouds)"),
+        DeclareLaunchArgument(
+            "managed", default_value="false",
+            description="true: start unconfigured (autostart false) for a lifecycle manager; false: configure "
+                        "and activate at start"),
         DeclareLaunchArgument(
             "namespace", default_value="",
             description="ROS namespace of the node (for several sensors or vehicles)"),

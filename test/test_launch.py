@@ -18,9 +18,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / "launch" / "complete.launch.py"
 ARGUMENTS = {"input_topic", "output_topic", "params_file", "weights", "device", "steps", "use_sim_time", "bag",
-             "rviz", "namespace"}
+             "rviz", "managed", "namespace"}
 DEFAULTS = {"input_topic": "/velodyne_points", "output_topic": "/ddpo/points", "weights": "", "device": "",
-            "steps": "", "use_sim_time": "false", "bag": "", "rviz": "false", "namespace": ""}
+            "steps": "", "use_sim_time": "false", "bag": "", "rviz": "false", "managed": "false",
+            "namespace": ""}
 LAUNCH_MODULES = ("launch", "launch.actions", "launch.conditions", "launch.substitutions", "launch_ros",
                   "launch_ros.actions", "launch_ros.parameter_descriptions", "launch_ros.substitutions")
 
@@ -84,7 +85,7 @@ def test_params_file_default_is_the_installed_node_yaml(declared):
 
 
 def test_node_runs_the_console_script_setup_py_declares(tree):
-    (node,) = [c for c in calls(tree, "Node") if ast.literal_eval(keyword(c, "package")) == "ddpo_ros"]
+    (node,) = [c for c in calls(tree, "node_class") if ast.literal_eval(keyword(c, "package")) == "ddpo_ros"]
     executable = ast.literal_eval(keyword(node, "executable"))
     assert console_scripts()[executable] == "ddpo_ros.frontends.node:main"
     assert ast.literal_eval(keyword(node, "name")) == "ddpo_completion"
@@ -159,6 +160,15 @@ def test_the_node_gets_yaml_then_overrides_and_the_remappings(with_stand_ins):
         "ddpo_ros", "completion_node", "ddpo_completion", "car1")
     assert kw["parameters"] == [str(REPO / "config" / "node.yaml"), {"use_sim_time": False, "device": "cpu"}]
     assert kw["remappings"] == [("~/input/points", "/kitti/velo"), ("~/output/points", "/ddpo/points")]
+
+
+def test_managed_starts_a_lifecycle_node_that_waits_for_its_manager(with_stand_ins):
+    context = types.SimpleNamespace(launch_configurations=launch_arguments(managed="true"))
+    (node,) = with_stand_ins.completion_node(context)
+    assert type(node).__name__ == "LifecycleNode"
+    assert node.kwargs["parameters"][1] == {"use_sim_time": False, "autostart": False}
+    with pytest.raises(ValueError, match="managed:='sure' must be true or false"):
+        with_stand_ins.parameter_overrides(launch_arguments(managed="sure"))
 
 
 def test_the_description_lists_arguments_then_node_bag_and_rviz(with_stand_ins):
