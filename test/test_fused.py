@@ -142,3 +142,38 @@ sys.stdout.buffer.write(out["p"].tobytes())
     runs = [subprocess.run([sys.executable, "-c", code, flag, here], capture_output=True, check=True,
                            timeout=300).stdout for flag in ("0", "1")]
     assert len(runs[0]) > 0 and runs[0] == runs[1]
+
+
+def test_training_returns_freed_memory_and_evaluation_retains_it(monkeypatch, tmp_path):
+    """Training's tensor sizes change every step: a heap that keeps freed blocks fragments without
+    bound there (the CPU teacher_mini was OOM-killed at 23 GB), so train.py returns large blocks to
+    the system for training stages and retains them only for evaluation."""
+    from ddpo_ros.frontends import allocator
+    from training import train
+
+    calls = []
+    monkeypatch.setattr(allocator, "retain_freed_memory", lambda: calls.append("retain"))
+    monkeypatch.setattr(allocator, "return_freed_memory", lambda: calls.append("return"))
+
+    def fails(argv):  # the config / weights do not exist; the allocator is set before they are read
+        try:
+            assert train.main(argv) != 0
+        except (FileNotFoundError, ValueError):
+            pass
+    fails(["teacher", "--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "run")])
+    fails(["evaluate", "--weights", str(tmp_path / "missing.safetensors"), "--data", "synthetic:1",
+           "--out", str(tmp_path / "eval")])
+    assert calls == ["return", "retain"]
+
+
+def test_return_freed_memory_sets_glibc_and_leaves_retention_alone():
+    code = """
+import sys
+from ddpo_ros.frontends.allocator import retain_freed_memory, return_freed_memory
+assert return_freed_memory() is True
+assert retain_freed_memory() is True
+assert return_freed_memory() is False  # an inference process that retains keeps retaining
+"""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -66,13 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from ddpo_ros.frontends.allocator import retain_freed_memory
+    from ddpo_ros.frontends import allocator
 
     args = build_parser().parse_args(argv)
-    retain_freed_memory()  # large tensors reuse freed pages (ddpo_ros/frontends/allocator.py)
     if args.stage == "evaluate":
         from training.evaluate import evaluate
+        allocator.retain_freed_memory()  # large tensors reuse freed pages (frontends/allocator.py)
         return evaluate(args)
+    # Training's tensors change size every step, and a heap that keeps them fragments without bound.
+    allocator.return_freed_memory()
     return run_stage(args)
 
 
