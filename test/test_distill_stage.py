@@ -129,3 +129,29 @@ def test_diffusion_dpo_starts_at_margin_zero_and_loss_log_2(tmp_path, teacher_we
     logs = stage.step(default_collate([train_set[0]]))
     assert logs["dpo/implicit_margin"] == 0.0
     assert logs["loss/dpo"] == pytest.approx(math.log(2.0), abs=1e-7)
+
+
+@pytest.mark.parametrize("freeze_bn", [True, False])
+def test_distill_g_is_what_the_tas_learned_with_frozen_batchnorm(tmp_path, teacher_weights, freeze_bn):
+    """TAs that have learned nothing (ta_lr 1e-30 leaves every float32 weight as it was) predict the
+    teacher's eps exactly when BatchNorm is frozen to the teacher's statistics, so |g| = 0; in train
+    mode batch statistics alone make |g| > 0. The drift logs keep parameters apart from buffers."""
+    from torch.utils.data import default_collate
+
+    from training import distill
+    from training.config import load_train_config
+    from training.data.sets import build_sets
+    from training.loop import setup
+    cfg = load_train_config(config(tmp_path, "distill", teacher_weights, distill={"ta_lr": 1e-30,
+                                                                                  "freeze_bn": freeze_bn}), {})
+    train_set, _ = build_sets(cfg)
+    stage = distill.build(cfg, train_set=train_set, val_set=None, run=setup(cfg, tmp_path / "run"))
+    logs = stage.step(default_collate([train_set[0]]))
+    if freeze_bn:
+        assert logs["g/winner_norm"] == 0.0 and logs["g/loser_norm"] == 0.0
+        assert logs["drift/student_buffers"] == 0.0 and logs["drift/ta_win_params"] < 1e-20
+    else:
+        assert logs["g/winner_norm"] > 0.0 and logs["g/loser_norm"] > 0.0
+        assert logs["drift/student_buffers"] > 0.0  # train mode updated the running statistics
+    # g = 0 gives the student no gradient (frozen) or statistics noise (train mode); never a NaN
+    assert math.isfinite(logs["drift/student_params"]) and logs["drift/student_params_relative"] >= 0.0

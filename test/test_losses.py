@@ -115,6 +115,22 @@ def test_one_step_generate_equals_one_sampler_step(case):
         den.train()
 
 
+def test_one_step_generate_ve_equals_one_ve_sampler_step(case):
+    """With a ve-* completion.sampler the student trains on the sample that sampler makes."""
+    den, cond, x_init, noise = case["student"].eval(), case["cond"], case["x_init"], case["noise"]
+    try:
+        def denoise(offset, t):
+            return den(x_init + offset, cond, torch.full((1,), t, dtype=torch.long))
+        with torch.no_grad():
+            ref = x_init + sample_dpmpp(denoise, noise, torch.tensor([999]), SCHED, generator=gen(8), ve=True)
+            ours = one_step_generate(den, cond, x_init, noise, 1.0, SCHED, generator=gen(8), ve=True)
+            vp = one_step_generate(den, cond, x_init, noise, 1.0, SCHED, generator=gen(8))
+        assert torch.equal(ours, ref)
+        assert (ours - vp).abs().max() > 0.1  # VP divides the data prediction by alpha_999 (~0.17)
+    finally:
+        den.train()
+
+
 def test_one_step_generate_keeps_the_graph_to_the_student(case):
     den = case["student"]
     den.zero_grad()

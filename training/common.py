@@ -21,3 +21,18 @@ def make_optimizer(cfg, params) -> torch.optim.Optimizer:
 def load_teacher(cfg, device) -> dict:
     """encoder + teacher from distill.teacher, checked against this config's model."""
     return load_roles(cfg.distill.teacher, "distill.teacher", cfg, ["encoder", "teacher"], device)
+
+
+def drift(model: torch.nn.Module, reference: torch.nn.Module) -> dict[str, float]:
+    """L2 distance of a trained copy from the network it started as, for parameters and for the
+    BatchNorm buffers separately (running mean/var): a student whose only change is its running
+    statistics has not learned. Relative: divided by the reference's parameter norm."""
+    ref = dict(reference.named_parameters())
+    ref_buffers = {k: v for k, v in reference.named_buffers() if v.is_floating_point()}
+    with torch.no_grad():
+        params = sum(float((p - ref[k]).double().square().sum()) for k, p in model.named_parameters())
+        norm = sum(float(p.double().square().sum()) for p in ref.values())
+        buffers = sum(float((b - ref_buffers[k]).double().square().sum())
+                      for k, b in model.named_buffers() if k in ref_buffers)
+    return {"params": params ** 0.5, "params_relative": (params / max(norm, 1e-30)) ** 0.5,
+            "buffers": buffers ** 0.5}

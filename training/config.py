@@ -110,6 +110,10 @@ class DistillConfig:
     ta_lr: float = 1e-5                    # SGD for the teacher assistants; train.lr is the student's
     ta_steps: int = 1                      # TA updates per student update (the reference alternates 1:1)
     omega: float = 0.0                     # Eq. 18's normaliser; 0: the number of sample elements (B*N*3)
+    # Student and TAs normalise with the teacher's running statistics (eval-mode BatchNorm, never
+    # updated) instead of batch statistics: g = eps_teacher - eps_ta is then exactly 0 until a TA
+    # learns something (training/student.trained_mode); false: train mode, as the reference.
+    freeze_bn: bool = True
 
     def __post_init__(self):
         _check(self.lam > 0, "distill.lam", "must be > 0")

@@ -21,7 +21,7 @@ from ddpo_ros.pipeline import Completer
 from .common import load_teacher, make_optimizer
 from .loop import Run, Stage, inference_config
 from .losses import diffusion_dpo_loss
-from .student import clamp_far, frozen_condition, pair_samples
+from .student import clamp_far, frozen_condition, pair_samples, uses_ve
 from .validation import validator
 
 
@@ -43,7 +43,7 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
         partial, gt, cond = frozen_condition(encoder, [reference], batch, run.device)
         with torch.no_grad():
             x_w, x_l, scores, lam_won = pair_samples(reference, cond, partial.repeat(1, reps, 1), gt, d.lam,
-                                                     schedule, g, d.preference)
+                                                     schedule, g, d.preference, uses_ve(cfg))
         t = torch.randint(0, T, (len(gt),), generator=g).to(run.device)
         n = torch.randn(x_w.shape, generator=g).to(run.device)
         x_w, x_l = clamp_far(x_w, cfg.completion.max_range), clamp_far(x_l, cfg.completion.max_range)

@@ -16,7 +16,11 @@ winner and g_l = eps_teacher - eps_ta_lose at the loser. The surrogate's gradien
 multiplies by (x_t - x_0) instead, whose gradient is zero, so its student never learns.
 
 SGD with lr 1e-5 for both optimisers and the global grad norm clipped at 0.05 (reference section 4).
-The student samples in one step while training, and validation uses 8 steps with CFG 3.5.
+The student samples in one step while training, and validation uses 8 steps with CFG 3.5. The
+one-step sample takes the parameterisation of completion.sampler (VP, or VE for ve-*), and with
+distill.freeze_bn (default) student and TAs normalise with the teacher's running statistics.
+Logged: |g| per side and the student's drift from the teacher (parameters apart from BatchNorm
+buffers), so a student that only moved its statistics shows as one.
 """
 from __future__ import annotations
 
@@ -27,10 +31,10 @@ import torch
 from ddpo_ros.diffusion import add_local_noise, schedule_from_config
 from ddpo_ros.pipeline import Completer
 
-from .common import load_teacher
+from .common import drift, load_teacher
 from .loop import Run, Stage, inference_config
 from .losses import noise_mse, student_surrogate
-from .student import clamp_far, frozen_condition, pair_samples
+from .student import clamp_far, frozen_condition, pair_samples, trained_mode, uses_ve
 from .validation import validator
 
 
@@ -47,7 +51,7 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
     opt_ta.param_groups[0]["lr_scale"] = cfg.distill.ta_lr / cfg.train.lr  # the loop sets lr per epoch
     schedule = schedule_from_config(cfg.diffusion)
     d, g, reps = cfg.distill, run.generator, cfg.completion.replication
-    T = schedule.num_train_timesteps
+    T, ve, freeze = schedule.num_train_timesteps, uses_ve(cfg), cfg.distill.freeze_bn
 
     def noised(x0, t, noise):  # x0 without gradient; far outliers clipped (student.clamp_far)
         return add_local_noise(schedule, clamp_far(x0, cfg.completion.max_range), t.to(run.device),
@@ -60,9 +64,10 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
         for _ in range(d.ta_steps):  # Eq. 20: each TA fits its own sample
             student.eval()
             with torch.no_grad():
-                x_w, x_l, scores, lam_won = pair_samples(student, cond, x_init, gt, d.lam, schedule, g, d.preference)
-            ta_win.train()
-            ta_lose.train()
+                x_w, x_l, scores, lam_won = pair_samples(student, cond, x_init, gt, d.lam, schedule, g,
+                                                         d.preference, ve)
+            trained_mode(ta_win, freeze)
+            trained_mode(ta_lose, freeze)
             t_w, t_l = torch.randint(0, T, (len(gt),), generator=g), torch.randint(0, T, (len(gt),), generator=g)
             n_w, n_l = torch.randn(x_w.shape, generator=g), torch.randn(x_l.shape, generator=g)
             loss_ta = (noise_mse(g_win(noised(x_w, t_w, n_w), cond, t_w.to(run.device)), n_w.to(run.device))
@@ -70,8 +75,8 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
             out["grad_norm/ta"] = run.optimise(opt_ta, loss_ta, ta_params)
         out["loss/ta"] = loss_ta.item()
 
-        student.train()  # the reference samples in train mode: BatchNorm uses batch statistics
-        G_w, G_l, scores, lam_won = pair_samples(g_student, cond, x_init, gt, d.lam, schedule, g, d.preference)
+        trained_mode(student, freeze)  # the reference samples in train mode (batch statistics)
+        G_w, G_l, scores, lam_won = pair_samples(g_student, cond, x_init, gt, d.lam, schedule, g, d.preference, ve)
         t = torch.randint(0, T, (len(gt),), generator=g)
         n = torch.randn(G_w.shape, generator=g)
         with torch.no_grad():
@@ -88,6 +93,8 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
                     "preference/margin": (scores[:, 1] - scores[:, 0]).mean().item(),
                     "preference/lam_sample_won": lam_won, "g/winner_norm": g_w.norm().item(),
                     "g/loser_norm": g_l.norm().item()})
+        out.update({f"drift/student_{k}": v for k, v in drift(student, teacher).items()})
+        out.update({f"drift/ta_win_{k}": v for k, v in drift(ta_win, teacher).items() if k != "buffers"})
         return out
 
     def completer() -> Completer:

@@ -3,7 +3,8 @@
 Like Distillation-DPO without preferences: the student's one-step sample G(x_init + eps) is
 all there is. The TA fits the student's samples (noise MSE), and the student's gradient is
 (1/omega) (eps_teacher - eps_ta) . dG/d eta at x_t = G + sigma_t n (training/losses.py,
-score_distill_surrogate). ScoreLiDAR's structural losses are not part of this baseline.
+score_distill_surrogate). ScoreLiDAR's structural losses are not part of this baseline. The
+one-step sample, BatchNorm mode (distill.freeze_bn) and drift logs are Distillation-DPO's.
 """
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ import torch
 from ddpo_ros.diffusion import add_local_noise, schedule_from_config
 from ddpo_ros.pipeline import Completer
 
-from .common import load_teacher
+from .common import drift, load_teacher
 from .loop import Run, Stage, inference_config
 from .losses import noise_mse, score_distill_surrogate
-from .student import clamp_far, frozen_condition, one_step_generate
+from .student import clamp_far, frozen_condition, one_step_generate, trained_mode, uses_ve
 from .validation import validator
 
 
@@ -33,10 +34,11 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
     opt_ta.param_groups[0]["lr_scale"] = cfg.distill.ta_lr / cfg.train.lr
     schedule = schedule_from_config(cfg.diffusion)
     d, g, reps, T = cfg.distill, run.generator, cfg.completion.replication, schedule.num_train_timesteps
+    ve, freeze = uses_ve(cfg), cfg.distill.freeze_bn
 
     def sample(net, cond, x_init):
         eps = torch.randn(x_init.shape, generator=g).to(x_init.device)
-        return one_step_generate(net, cond, x_init, eps, 1.0, schedule, generator=g)
+        return one_step_generate(net, cond, x_init, eps, 1.0, schedule, generator=g, ve=ve)
 
     def noised(x0):
         t = torch.randint(0, T, (len(x0),), generator=g)
@@ -52,11 +54,11 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
             student.eval()
             with torch.no_grad():
                 x0 = sample(student, cond, x_init)
-            ta.train()
+            trained_mode(ta, freeze)
             x_t, t, n = noised(x0)
             loss_ta = noise_mse(g_ta(x_t, cond, t), n)
             out["grad_norm/ta"] = run.optimise(opt_ta, loss_ta, ta.parameters())
-        student.train()
+        trained_mode(student, freeze)
         G = sample(g_student, cond, x_init)
         with torch.no_grad():
             ta.eval()
@@ -66,6 +68,7 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
         out["grad_norm/student"] = run.optimise(opt_student, loss, student.parameters())
         out.update({"loss/ta": loss_ta.item(), "loss/student_surrogate": loss.item(),
                     "g/norm": grad.norm().item()})
+        out.update({f"drift/student_{k}": v for k, v in drift(student, teacher).items()})
         return out
 
     def completer() -> Completer:

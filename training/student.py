@@ -25,7 +25,7 @@ T_STUDENT = 999  # the student's only training step (diffusers' 1-step "linspace
 
 def one_step_generate(denoiser, cond, x_init: Tensor, noise: Tensor, lam: float, schedule: Schedule,
                       t: int = T_STUDENT, *, z: Tensor | None = None,
-                      generator: torch.Generator | None = None) -> Tensor:
+                      generator: torch.Generator | None = None, ve: bool = False) -> Tensor:
     """G(x_init + lam * noise): absolute points (B, N, 3) with the graph to the denoiser intact.
 
     x_t = x_init + lam * noise (Eq. 19; lam = 1 and 1.1 make the training pair), eps =
@@ -33,17 +33,24 @@ def one_step_generate(denoiser, cond, x_init: Tensor, noise: Tensor, lam: float,
     then x_0 = x_init + dpmpp_update(offset, x0_hat(offset, eps), t -> 0, z). z is the SDE's
     fresh noise: passed in for a deterministic sample, else drawn from `generator` exactly as
     `sample_dpmpp` draws it. The end is t = 0, not the clean prediction: the reference's last
-    step lands on sigma_0 = 0.0059 (about 6 mm of fresh noise).
+    step lands on sigma_0 = 0.0059 (about 6 mm of fresh noise). ve=True takes the jump in the
+    variance-exploding parameterisation of the ve-* samplers (alpha = 1), so a student validated
+    and deployed with `completion.sampler: ve-...` is trained on the sample that sampler makes.
     """
     if x_init.shape != noise.shape or x_init.ndim != 3:
         raise ValueError(f"x_init {tuple(x_init.shape)} and noise {tuple(noise.shape)} must be equal (B, N, 3)")
     offset = lam * noise  # the sampler's diffusion state is the offset from x_init (reference section 2)
     steps = torch.full((x_init.shape[0],), t, dtype=torch.long, device=x_init.device)
     eps = denoiser(x_init + offset, cond, steps)
-    x0 = data_prediction(offset, eps, t, schedule)
+    x0 = data_prediction(offset, eps, t, schedule, ve=ve)
     if z is None:
         z = standard_noise(offset, generator)  # drawn after the denoiser call, as sample_dpmpp does
-    return x_init + dpmpp_update(offset, x0, t, 0, schedule, noise=z)
+    return x_init + dpmpp_update(offset, x0, t, 0, schedule, noise=z, ve=ve)
+
+
+def uses_ve(cfg) -> bool:
+    """Whether the configured sampler (completion.sampler) is a variance-exploding one (ve-*)."""
+    return cfg.completion.sampler.startswith("ve-")
 
 
 def _cloud(sample, name: str) -> np.ndarray:
@@ -78,11 +85,11 @@ def preference(sample_a, sample_b, gt, metric: str = "cd") -> tuple[int, float, 
     return (0 if score_a <= score_b else 1), score_a, score_b
 
 
-def pair_samples(student, cond, x_init, gt, lam, schedule, generator, metric):
+def pair_samples(student, cond, x_init, gt, lam, schedule, generator, metric, ve: bool = False):
     """Two one-step samples from one noise (lambda 1 and lam) -> winner, loser, CDs, lam-sample-won flags."""
     eps = torch.randn(x_init.shape, generator=generator).to(x_init.device)
-    s1 = one_step_generate(student, cond, x_init, eps, 1.0, schedule, generator=generator)
-    s2 = one_step_generate(student, cond, x_init, eps, lam, schedule, generator=generator)
+    s1 = one_step_generate(student, cond, x_init, eps, 1.0, schedule, generator=generator, ve=ve)
+    s2 = one_step_generate(student, cond, x_init, eps, lam, schedule, generator=generator, ve=ve)
     picks = [preference(s1[b], s2[b], gt[b], metric=metric) for b in range(len(gt))]
     second = torch.tensor([p[0] == 1 for p in picks], device=x_init.device)[:, None, None]
     winner, loser = torch.where(second, s2, s1), torch.where(second, s1, s2)
@@ -101,6 +108,18 @@ def clamp_far(points: Tensor, max_range: float) -> Tensor:
     """
     limit = 4.0 * max_range
     return points.clamp(-limit, limit)
+
+
+def trained_mode(net, freeze_bn: bool):
+    """Put a trained network (student, TA) in the mode its BatchNorm should run in.
+
+    freeze_bn (distill.freeze_bn): eval mode, so BatchNorm normalises with the teacher's running
+    statistics, copied at initialisation and never updated; the affine weights still learn. Then a
+    TA equal to the teacher predicts exactly the teacher's eps and g = eps_teacher - eps_ta measures
+    what the TA learned, not the difference between batch and running statistics. Otherwise train
+    mode, as the reference runs them.
+    """
+    return net.eval() if freeze_bn else net.train()
 
 
 def frozen_condition(encoder, frozen, batch: dict, device) -> tuple[Tensor, Tensor, object]:
