@@ -31,8 +31,8 @@ bench: $(STAMP)
 	$(VENV)/bin/ddpo bench --out bench/results.json $(if $(wildcard $(ME_VENV)/bin/python),--minkowski-python $(ME_VENV)/bin/python)
 	$(VENV)/bin/ddpo bench-scene --out bench/scene.json
 
-# Train the mini teacher, refiner, Distillation-DPO and score-distillation students on this CPU, score
-# them (bench/mini_benchmark.json/.md; --bundle also replaces ddpo_ros/weights/mini.safetensors) (~40 min on 2 cores).
+# Distil the bundled mini teacher with Distillation-DPO and score distillation (3 seeds + ablations) on this
+# CPU and score every row (bench/mini_benchmark.json/.md; README "Mini-scale benchmark"). Hours on 2 cores.
 mini-benchmark: $(STAMP)
 	$(PY) tools/mini_benchmark.py --out runs/mini
 

@@ -21,7 +21,7 @@ def test_shipped_model_configs_load(path):
 def test_shipped_training_configs_load(path):
     from training.config import load_train_config
     cfg = load_train_config(path)
-    assert cfg.stage.replace("-", "_") == path.stem.split("_mini")[0]  # teacher_mini_tune.yaml: teacher
+    assert cfg.stage.replace("-", "_") == path.stem.split("_mini")[0]  # teacher_mini.yaml: teacher
 
 
 def test_paper_scale_config_is_the_reference():

@@ -3,7 +3,9 @@ from, how far a student moved, and the table (the training itself is each stage'
 from __future__ import annotations
 
 import importlib.util
+import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -41,11 +43,11 @@ def test_a_stage_runs_only_to_extend_its_budget(mb, tmp_path, monkeypatch):
     assert "--resume" not in list(map(str, calls[1]))  # a fresh stage
 
 
-def test_a_student_is_tied_to_its_teacher_step(mb, tmp_path):
-    mb.check_teacher(tmp_path / "distill", "300+25")
-    mb.check_teacher(tmp_path / "distill", "300+25")
-    with pytest.raises(SystemExit, match=r"teacher at step 300\+25, but the teacher is now at step 300\+50"):
-        mb.check_teacher(tmp_path / "distill", "300+50")
+def test_a_student_is_tied_to_its_teacher_file(mb, tmp_path):
+    mb.check_teacher(tmp_path / "distill", "abc")
+    mb.check_teacher(tmp_path / "distill", "abc")
+    with pytest.raises(SystemExit, match="trained from teacher abc, but --teacher is now def"):
+        mb.check_teacher(tmp_path / "distill", "def")
 
 
 def test_drift_separates_weights_from_batchnorm_statistics(mb, tmp_path):
@@ -60,16 +62,72 @@ def test_drift_separates_weights_from_batchnorm_statistics(mb, tmp_path):
     assert d["bn_stats"]["l2"] == pytest.approx(4.0)
 
 
+def test_bootstrap_interval_of_paired_differences(mb):
+    assert mb.bootstrap_interval([-0.1] * 6) == pytest.approx((-0.1, -0.1))
+    rng = np.random.default_rng(1)
+    low, high = mb.bootstrap_interval(rng.normal(0.0, 1.0, 200))
+    assert low < 0 < high and high - low == pytest.approx(2 * 1.96 / np.sqrt(200), rel=0.25)
+    shifted = mb.bootstrap_interval(rng.normal(-1.0, 1.0, 200))
+    assert shifted[1] < 0  # a clear improvement excludes zero
+
+
+def test_paired_differences_average_seeds_per_scene(mb):
+    a = [{"s1": {"cd": 0.1}, "s2": {"cd": 0.3}}, {"s1": {"cd": 0.3}, "s2": {"cd": 0.5}}]  # seed means 0.2, 0.4
+    b = [{"s1": {"cd": 0.5}, "s2": {"cd": 0.5}, "s3": {"cd": 9.0}}]  # s3 is not shared: left out
+    c = mb.paired(a, b, 1000)
+    assert c["scenes"] == 2 and c["mean"] == pytest.approx(-0.2)
+    assert c["ci95"][0] == pytest.approx(-0.3) and c["ci95"][1] == pytest.approx(-0.1)
+
+
+def test_main_trains_every_student_and_scores_every_row(mb, tmp_path, monkeypatch):
+    """The wiring with stand-ins for training and evaluation (each stage has its own test): seeds and
+    ablations trained from the teacher, each row scored on both splits, paired comparisons, drift."""
+    teacher = tmp_path / "teacher.safetensors"
+    save_file({"teacher.w": torch.ones(4), "encoder.w": torch.ones(2)}, str(teacher))
+    trained = []
+
+    def fake_stage(name, config, out, steps, log, *extra):
+        trained.append((name, config, out.name, extra))
+        (out / "checkpoints" / "step_0000002").mkdir(parents=True, exist_ok=True)
+        (out / "checkpoints" / "latest").write_text("step_0000002")
+        save_file({"student.w": torch.full((4,), 1.5), "teacher.w": torch.ones(4)}, str(out / "weights.safetensors"))
+        return out / "weights.safetensors"
+
+    def fake_evaluate(weights, split, out, steps, args, log):
+        cd = 0.3 if weights == teacher else 0.3 - 0.01 * steps / 8  # students a little better at 8 steps
+        return {f"{split}:{i}": {"cd": cd + 0.001 * i, "accuracy": cd, "coverage": cd, "jsd_3d": 0.1, "seconds": 1.0,
+                                 "scan_cd": 0.25} for i in range(4)}
+    monkeypatch.setattr(mb, "stage", fake_stage)
+    monkeypatch.setattr(mb, "evaluate", fake_evaluate)
+    monkeypatch.setattr(mb, "REPO", tmp_path)
+    assert mb.main(["--teacher", str(teacher), "--out", str(tmp_path / "runs"), "--seeds", "2", "--lams", "1.2",
+                    "--resamples", "200"]) == 0
+    runs = sorted(r[2] for r in trained)
+    assert runs == ["distill_jsd", "distill_lam1.2", "distill_s0", "distill_s1", "score_s0", "score_s1"]
+    assert all(f"distill.teacher={teacher.resolve()}" in r[3] for r in trained)
+    result = json.loads((tmp_path / "bench" / "mini_benchmark.json").read_text())
+    labels = [(r["model"], r["steps"], r["seeds"]) for r in result["rows"]]
+    assert labels[:3] == [("LiDiff teacher", 50, 1), ("LiDiff teacher", 8, 1), ("score distillation", 8, 2)]
+    assert ("Distillation-DPO", 1, 2) in labels and ("Distillation-DPO, JSD preference", 8, 1) in labels
+    vs_teacher = result["comparisons"]["DDPO-8 minus teacher-8"]
+    assert vs_teacher["all"]["scenes"] == 8 and vs_teacher["all"]["mean"] == pytest.approx(-0.01)
+    assert result["comparisons"]["DDPO-8 minus score-8"]["kitti"]["mean"] == pytest.approx(0.0)
+    assert result["drift"]["ddpo_s0"]["weights"]["l2"] == pytest.approx(1.0)
+    assert "| Distillation-DPO | 8 | 2 |" in (tmp_path / "bench" / "mini_benchmark.md").read_text()
+
+
 def test_markdown_table_has_every_row_and_the_scan_baseline(mb):
-    cell = {"cd": {"mean": 0.5}, "jsd_3d": {"mean": 0.2}, "emd": None, "seconds": 9.1, "nfe": 16,
-            "scan_cd": {"mean": 0.3}, "scans": 2}
-    result = {"date": "2026-11-24", "machine": "cpu (2 cores)", "budget_steps": {"teacher": 1},
-              "train_seconds": {"teacher": 120.0}, "rows": [{"model": "LiDiff teacher", "steps": 8,
-                                                             "synthetic": cell, "kitti": cell}],
-              "student_drift": {"distill": {"weights": {"l2": 1e-4, "relative": 1e-6},
-                                            "bn_stats": {"l2": 2.0, "relative": 0.1}}}}
+    m = {k: {"mean": 0.5, "std": 0.01, "runs": 3} for k in ("cd", "accuracy", "coverage", "jsd_3d", "seconds")}
+    c = {k: {"mean": -0.02, "ci95": [-0.03, -0.01], "scenes": 11} for k in ("synthetic", "kitti", "all")}
+    result = {"date": "2026-12-05", "machine": "cpu (2 cores)",
+              "teacher": {"path": "/x/mini.safetensors", "sha256": "abc"},
+              "student_steps": 100, "scan_cd": {"synthetic": 0.131, "kitti": 0.301},
+              "rows": [{"model": "Distillation-DPO", "steps": 8, "seeds": 3, "synthetic": m, "kitti": m}],
+              "comparisons": {"DDPO-8 minus teacher-8": c},
+              "drift": {"ddpo_s0": {"weights": {"l2": 1e-4, "relative": 1e-6},
+                                    "bn_stats": {"l2": 2.0, "relative": 0.1}}}}
     text = mb.markdown(result)
-    assert "| LiDiff teacher | 8 | 16 | 0.500 | 0.200 | - | 9.1 |" in text
-    assert "| the scan itself (no completion) | - | 0 | 0.300 |" in text
-    assert "| distill | 1.00e-04 | 1.0e-06 | 2.00e+00 | 1.0e-01 |" in text
-    assert "'teacher': 2.0" in text  # minutes
+    assert "| Distillation-DPO | 8 | 3 | 0.500 ± 0.010 | 0.500 | 0.500 | 0.500 ± 0.010 |" in text
+    assert "| the scan itself | - | - | 0.131 | | | 0.301 |" in text
+    assert "| DDPO-8 minus teacher-8 | -0.0200 [-0.0300, -0.0100] (n=11) |" in text
+    assert "| ddpo_s0 | 1.00e-04 | 1.0e-06 | 2.00e+00 | 1.0e-01 |" in text

@@ -11,11 +11,17 @@ import torch
 from .checkpoints import load_roles
 
 
-def make_optimizer(cfg, params) -> torch.optim.Optimizer:
-    """train.optimizer at train.lr: Adam (betas 0.9, 0.999) or plain SGD."""
+def make_optimizer(cfg, params, lr: float | None = None) -> torch.optim.Optimizer:
+    """train.optimizer at `lr` (default train.lr): Adam (betas 0.9, 0.999) or plain SGD. With another
+    lr than train.lr the group keeps the ratio as lr_scale, so the loop's decay applies to it too."""
+    lr = cfg.train.lr if lr is None else lr
     if cfg.train.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.train.lr, betas=(0.9, 0.999))
-    return torch.optim.SGD(params, lr=cfg.train.lr)
+        opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
+    else:
+        opt = torch.optim.SGD(params, lr=lr)
+    if lr != cfg.train.lr:
+        opt.param_groups[0]["lr_scale"] = lr / cfg.train.lr
+    return opt
 
 
 def load_teacher(cfg, device) -> dict:

@@ -15,7 +15,7 @@ winner and g_l = eps_teacher - eps_ta_lose at the loser. The surrogate's gradien
 (1/omega)[g_w . dG_w - g_l . dG_l] (training/losses.py explains the sign). The released code
 multiplies by (x_t - x_0) instead, whose gradient is zero, so its student never learns.
 
-SGD with lr 1e-5 for both optimisers and the global grad norm clipped at 0.05 (reference section 4).
+train.optimizer for both optimisers (the reference: SGD, lr 1e-5, global grad norm clipped at 0.05, section 4).
 The student samples in one step while training, and validation uses 8 steps with CFG 3.5. The
 one-step sample takes the parameterisation of completion.sampler (VP, or VE for ve-*), and with
 distill.freeze_bn (default) student and TAs normalise with the teacher's running statistics.
@@ -31,7 +31,7 @@ import torch
 from ddpo_ros.diffusion import add_local_noise, schedule_from_config
 from ddpo_ros.pipeline import Completer
 
-from .common import drift, load_teacher
+from .common import drift, load_teacher, make_optimizer
 from .loop import Run, Stage, inference_config
 from .losses import noise_mse, student_surrogate
 from .student import clamp_far, frozen_condition, pair_samples, trained_mode, uses_ve
@@ -45,10 +45,9 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
         frozen.requires_grad_(False)
     student, ta_win, ta_lose = (copy.deepcopy(teacher).requires_grad_(True) for _ in range(3))
     g_student, g_win, g_lose = run.wrap(student), run.wrap(ta_win), run.wrap(ta_lose)
-    opt_student = torch.optim.SGD(student.parameters(), lr=cfg.train.lr)
+    opt_student = make_optimizer(cfg, student.parameters())
     ta_params = [*ta_win.parameters(), *ta_lose.parameters()]
-    opt_ta = torch.optim.SGD(ta_params, lr=cfg.distill.ta_lr)
-    opt_ta.param_groups[0]["lr_scale"] = cfg.distill.ta_lr / cfg.train.lr  # the loop sets lr per epoch
+    opt_ta = make_optimizer(cfg, ta_params, lr=cfg.distill.ta_lr)
     schedule = schedule_from_config(cfg.diffusion)
     d, g, reps = cfg.distill, run.generator, cfg.completion.replication
     T, ve, freeze = schedule.num_train_timesteps, uses_ve(cfg), cfg.distill.freeze_bn

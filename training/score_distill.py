@@ -15,7 +15,7 @@ import torch
 from ddpo_ros.diffusion import add_local_noise, schedule_from_config
 from ddpo_ros.pipeline import Completer
 
-from .common import drift, load_teacher
+from .common import drift, load_teacher, make_optimizer
 from .loop import Run, Stage, inference_config
 from .losses import noise_mse, score_distill_surrogate
 from .student import clamp_far, frozen_condition, one_step_generate, trained_mode, uses_ve
@@ -29,9 +29,8 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
         frozen.requires_grad_(False)
     student, ta = (copy.deepcopy(teacher).requires_grad_(True) for _ in range(2))
     g_student, g_ta = run.wrap(student), run.wrap(ta)
-    opt_student = torch.optim.SGD(student.parameters(), lr=cfg.train.lr)
-    opt_ta = torch.optim.SGD(ta.parameters(), lr=cfg.distill.ta_lr)
-    opt_ta.param_groups[0]["lr_scale"] = cfg.distill.ta_lr / cfg.train.lr
+    opt_student = make_optimizer(cfg, student.parameters())
+    opt_ta = make_optimizer(cfg, ta.parameters(), lr=cfg.distill.ta_lr)
     schedule = schedule_from_config(cfg.diffusion)
     d, g, reps, T = cfg.distill, run.generator, cfg.completion.replication, schedule.num_train_timesteps
     ve, freeze = uses_ve(cfg), cfg.distill.freeze_bn
