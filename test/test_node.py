@@ -72,7 +72,7 @@ def test_bundled_mini_weights_complete_a_real_cloud(ros):
     from ddpo_ros.resources import default_weights
 
     if default_weights() is None:
-        pytest.skip("no ddpo_ros/weights/mini.safetensors in this checkout (make mini-benchmark writes it)")
+        pytest.skip("no ddpo_ros/weights/mini.safetensors in this checkout (config/train/teacher_mini.yaml trains it)")
     ctx, executor, _ = ros
     n = CompletionNode(context=ctx, namespace="bundled", parameter_overrides=[
         Parameter("device", value="cpu"), Parameter("completion.steps", value=1),

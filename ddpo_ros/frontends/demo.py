@@ -51,8 +51,9 @@ def choose_weights(weights, out: Path, log) -> tuple[Path, bool]:
             "surfaces, so its Chamfer distance is still a little above the scan's (README, 'A completion model'). "
             "For paper-scale weights see the README's Training section.")
         return default_weights(), True
-    log("NOTE: the bundled weights ddpo_ros/weights/mini.safetensors are missing from this install (make "
-        "mini-benchmark writes them). The demo runs the real pipeline with randomly initialised mini-scale "
+    log("NOTE: the bundled weights ddpo_ros/weights/mini.safetensors are missing from this install (the git "
+        "checkout has them; config/train/teacher_mini.yaml trains them). The demo runs the real pipeline with "
+        "randomly initialised mini-scale "
         "networks: timings are real, the completed scenes are noise.")
     return untrained_weights(out / "untrained_mini.safetensors"), False
 
