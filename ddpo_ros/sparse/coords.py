@@ -15,6 +15,7 @@ Conventions proven against a real MinkowskiEngine build (test/test_sparse_parity
 from __future__ import annotations
 
 import itertools
+import weakref
 
 import torch
 from torch import Tensor
@@ -230,7 +231,9 @@ class CoordinateSet:
         The corner is the index of the voxel's offset from its parent in `kernel_offsets(factor)`,
         which is the kernel slice a k=factor, stride=factor convolution applies to it.
         """
-        if factor not in self._coarser:
+        hit = self._coarser.get(factor)
+        child = None if hit is None else hit[0]()
+        if child is None:
             grid, _, _ = self._packing()
             parent = grid.clone()
             parent[:, 1:] = torch.div(grid[:, 1:], factor, rounding_mode="floor")
@@ -240,19 +243,24 @@ class CoordinateSet:
             coarse = parent[first]  # coordinates of the parents, read from the first voxel of each
             coarse[:, 1:] *= self.stride * factor
             child = CoordinateSet(coarse, self.stride * factor, finer=self)
-            self._coarser[factor] = (child, inverse, corner)
-        return self._coarser[factor]
+            # Held weakly: the child holds this set (`finer`), and a strong link both ways made a
+            # reference cycle per forward pass that only Python's cyclic GC freed, so training grew
+            # by its kernel maps (~0.5 GB per teacher_mini step) between collections. While a tensor
+            # holds the child, every stride-`factor` convolution of this set gets that same child.
+            hit = (weakref.ref(child), inverse, corner)
+            self._coarser[factor] = hit
+        return child, hit[1], hit[2]
 
     def strided_map(self, kernel_size: int, factor: int) -> tuple["CoordinateSet", KernelMap]:
         """Map of a kernel_size == stride == factor convolution onto the coarser set."""
         if kernel_size != factor:
             raise NotImplementedError("strided convolutions need kernel_size == stride")
         cache_key = ("down", factor)
-        if cache_key not in self._kernel_maps:
-            child, inverse, corner = self.downsample(factor)
+        child, inverse, corner = self.downsample(factor)
+        if cache_key not in self._kernel_maps:  # rows of this set and of the child: valid for any rebuilt child
             order = torch.argsort(corner, stable=True)
             counts = torch.bincount(corner, minlength=factor ** 3).tolist()
             in_rows = list(torch.split(order, counts))
             out_rows = [inverse[rows] for rows in in_rows]
-            self._kernel_maps[cache_key] = (child, KernelMap(in_rows, out_rows, len(child)))
-        return self._kernel_maps[cache_key]
+            self._kernel_maps[cache_key] = KernelMap(in_rows, out_rows, len(child))
+        return child, self._kernel_maps[cache_key]
