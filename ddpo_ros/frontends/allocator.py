@@ -59,8 +59,9 @@ def return_freed_memory(threshold: int = 1 << 20) -> bool:
     so after the first large tensors nearly all of them come from the heap. When the sizes change
     from step to step, as in training (each scene its own point and voxel counts), that heap fragments
     without bound: the CPU teacher_mini grew 0.3-0.5 GB per step to an OOM kill at 23 GB. A fixed
-    threshold keeps large blocks in mmap (RSS stayed within 1-7 GB), at ~15% more time per step in
-    page faults. Process-wide: only training's entry point calls it.
+    threshold keeps large blocks in mmap, at ~15% more time per step in page faults. (Most of the
+    remaining growth was a reference cycle in the sparse backend, fixed since: README, Training.)
+    Process-wide: only training's entry point calls it.
     """
     if _retained or (mallopt := _mallopt()) is None:
         return False
