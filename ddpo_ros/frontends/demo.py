@@ -47,7 +47,7 @@ def choose_weights(weights, out: Path, log) -> tuple[Path, bool]:
     if default_weights() is not None:
         log("NOTE: using the bundled mini-scale weights: a width-0.25 LiDiff teacher (4,000-point scans, 8 steps, "
             "VE sampler, no guidance) trained on procedural streets only, plus a mini refiner. On KITTI frames it "
-            "never saw it covers the ground truth ~12% better than the scan but places points 13-18 cm off the "
+            "never saw it covers the ground truth ~15% better than the scan but places points 13-18 cm off the "
             "surfaces, so its Chamfer distance is still a little above the scan's (README, 'A completion model'). "
             "For paper-scale weights see the README's Training section.")
         return default_weights(), True
