@@ -182,3 +182,39 @@ def test_teacher_step_noises_at_the_drawn_t_and_regresses_that_noise(tmp_path):
     for n in noise:  # unit normal noise for every noise level: its std is 1 +- 3%
         assert abs(float(n.std()) - 1.0) < 0.03 and abs(float(n.mean())) < 0.03
     assert logs["loss/teacher"] == pytest.approx(float((seen["eps"].detach() - noise).pow(2).mean()), rel=1e-4)
+
+
+def test_teacher_step_regresses_trajectory_rows_on_the_ideal_denoiser(tmp_path):
+    """teacher.rollout_levels: the last copies of each scene are states of the sampler's trajectory
+    (at one of its timesteps, not the ground truth plus noise) and their target is the ideal
+    denoiser's eps* there; the other copies keep the drawn noise."""
+    from dataclasses import replace
+
+    from ddpo_ros.diffusion import inference_timesteps
+    from training.rollout import TARGET_ORACLE
+
+    scan, gt = small_scene()
+    cfg, scene = config(1), OneScene(scan, gt)
+    cfg = replace(cfg, teacher=replace(cfg.teacher, rollout_levels=2))
+    stage = teacher.build(cfg, setup(cfg, tmp_path), scene, None)
+    net, seen = stage.models["teacher"], {}
+    forward = net.forward
+
+    def spy(x_t, cond, t):  # the last call is the training forward pass (rollouts run before it)
+        seen.update(x_t=x_t.detach().clone(), t=t.clone(), eps=forward(x_t, cond, t))
+        return seen["eps"]
+    net.forward = spy
+    batch = {k: v[None] if torch.is_tensor(v) else [v] for k, v in scene.item.items()}
+    logs = stage.step(batch)
+    schedule = schedule_from_config(cfg.diffusion)
+    oracle = OracleDenoiser(scene.item["gt"].numpy(), schedule, **TARGET_ORACLE)
+    eps, x_t, steps = seen["eps"].detach(), seen["x_t"], seen["t"].tolist()
+    assert set(steps[2:]) <= set(inference_timesteps(schedule, cfg.teacher.rollout_steps).tolist())
+    target = [(x_t[r] - scene.item["gt"]) / schedule.sigma(steps[r]) for r in (0, 1)]
+    target += [oracle(x_t[r:r + 1], steps[r])[0] for r in (2, 3)]
+    errors = [float((eps[r] - target[r]).pow(2).mean()) for r in range(4)]
+    for r in (0, 1):  # noised ground truth: unit noise
+        assert abs(float(target[r].std()) - 1.0) < 0.05
+    assert logs["loss/trajectory"] == pytest.approx(np.mean(errors[2:]), rel=1e-4)
+    assert logs["loss/noise"] == pytest.approx(np.mean(errors[:2]), rel=1e-4)
+    assert logs["loss/teacher"] == pytest.approx(np.mean(errors), rel=1e-4)

@@ -80,11 +80,19 @@ class TeacherConfig:
     # Each scene of a batch is noised at this many t, stratified over 0..T-1 across the batch, so
     # every batch (and BatchNorm's statistics) spans the noise levels (1: one uniform t per scene, LiDiff).
     noise_levels: int = 1
+    # Of each scene's noise_levels copies, this many are a state of the network's own sampling
+    # trajectory (completion.sampler, rollout_steps steps, a uniformly drawn call) with the ideal
+    # denoiser's eps* of the scene as target instead of drawn noise (training/rollout.py). 0: LiDiff.
+    rollout_levels: int = 0
+    rollout_steps: int = 8
 
     def __post_init__(self):
         _check(0 <= self.uncond_prob <= 1, "teacher.uncond_prob", "must be in [0, 1]")
         _check(self.reg_weight >= 0, "teacher.reg_weight", "must be >= 0")
         _check(self.noise_levels >= 1, "teacher.noise_levels", "must be >= 1")
+        _check(0 <= self.rollout_levels <= self.noise_levels, "teacher.rollout_levels",
+               f"must be in 0..teacher.noise_levels ({self.noise_levels})")
+        _check(self.rollout_steps >= 1, "teacher.rollout_steps", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -144,6 +152,14 @@ class TrainConfig:
     refine: RefineConfig = field(default_factory=RefineConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+
+    def __post_init__(self):
+        if self.teacher.rollout_levels:  # a trajectory state replaces a noised ground-truth row
+            c = self.completion
+            _check(self.data.num_points == c.num_points and self.data.gt_points == c.num_points * c.replication,
+                   "teacher.rollout_levels", "needs data.num_points == completion.num_points and data.gt_points == "
+                   f"completion.num_points * completion.replication, got {self.data.num_points} / "
+                   f"{self.data.gt_points} and {c.num_points} x {c.replication}")
 
 
 def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:

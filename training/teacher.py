@@ -20,6 +20,7 @@ from .checkpoints import load_roles
 from .common import make_optimizer
 from .loop import Run, Stage, inference_config
 from .losses import lidiff_loss
+from .rollout import oracle_targets, trajectory_states
 from .validation import validator
 
 
@@ -44,6 +45,29 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
     schedule = schedule_from_config(cfg.diffusion)
     g, c = run.generator, cfg.teacher
 
+    @torch.no_grad()
+    def on_trajectory(partial, gt, x_t, t, target) -> list[int]:
+        """Replace the last rollout_levels copies of each scene by states of the networks' own
+        trajectory (eval mode, as the Completer runs them) with eps* targets; the rows replaced."""
+        levels, k = c.noise_levels, c.rollout_levels
+        encoder.eval(), denoiser.eval()
+        rows = []
+        for first in range(0, len(gt), levels):
+            cond = encoder(partial[first:first + 1])
+
+            def eps_fn(x, s, cond=cond):
+                return denoiser(x, cond, torch.full((1,), s, dtype=torch.long, device=run.device))
+            x_init = partial[first:first + 1].repeat(1, cfg.completion.replication, 1)
+            calls = torch.randperm(c.rollout_steps, generator=g)[:k].tolist()  # distinct calls
+            states = trajectory_states(eps_fn, x_init, c.rollout_steps, schedule, cfg.completion.sampler, calls,
+                                       generator=g, final=cfg.completion.final_sigma)
+            for j, ((x, s), eps) in enumerate(zip(states, oracle_targets(gt[first], states, schedule))):
+                row = first + levels - k + j
+                x_t[row], t[row], target[row] = x[0], s, eps[0]
+                rows.append(row)
+        encoder.train(), denoiser.train()
+        return rows
+
     def step(batch) -> dict[str, float]:
         encoder.train()
         denoiser.train()
@@ -56,6 +80,8 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
             t = torch.randint(0, schedule.num_train_timesteps, (len(gt),), generator=g)
         noise = torch.randn(gt.shape, generator=g)
         x_t = add_local_noise(schedule, gt, t.to(run.device), noise.to(run.device))
+        target = noise.to(run.device)
+        rows = on_trajectory(partial, gt, x_t, t, target) if c.rollout_levels else []
         # CFG dropout for the whole batch, as LiDiff. The all-zero scan is one voxel per sample at every
         # stride: train-mode BatchNorm on it divides by sqrt(eps) in every layer and the encoder's
         # gradient overflows. Its encoding carries no information anyway, so it is computed as the
@@ -69,10 +95,17 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
         else:
             cond = enc(partial)
         eps = den(x_t, cond, t.to(run.device))
-        loss = lidiff_loss(eps, noise.to(run.device), c.reg_weight)
+        loss = lidiff_loss(eps, target, c.reg_weight)
         norm = run.optimise(optimizer, loss, params)
-        return {"loss/teacher": loss.item(), "grad_norm/teacher": norm, "eps/mean": eps.mean().item(),
+        logs = {"loss/teacher": loss.item(), "grad_norm/teacher": norm, "eps/mean": eps.mean().item(),
                 "eps/std": eps.std().item()}
+        if rows:  # the error against eps* on trajectory states, against drawn noise on the others
+            per_row = (eps.detach() - target).pow(2).mean((1, 2))
+            noised = [r for r in range(len(per_row)) if r not in rows]
+            logs["loss/trajectory"] = per_row[rows].mean().item()
+            if noised:
+                logs["loss/noise"] = per_row[noised].mean().item()
+        return logs
 
     def completer() -> Completer:
         return Completer(encoder, denoiser, None, inference_config(cfg, refiner=False), kind="teacher",
