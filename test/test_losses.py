@@ -100,33 +100,21 @@ def case():
                 x_init=partial.repeat(1, 3, 1), noise=torch.randn(1, 300, 3, generator=gen(7)))
 
 
-def test_one_step_generate_equals_one_sampler_step(case):
-    den, cond, x_init, noise = case["student"].eval(), case["cond"], case["x_init"], case["noise"]
-    try:
-        def denoise(offset, t):
-            return den(x_init + offset, cond, torch.full((1,), t, dtype=torch.long))
-        with torch.no_grad():
-            ref = x_init + sample_dpmpp(denoise, 1.1 * noise, torch.tensor([999]), SCHED, generator=gen(8))
-            ours = one_step_generate(den, cond, x_init, noise, 1.1, SCHED, generator=gen(8))
-            z = torch.randn(noise.shape, generator=gen(8))
-            explicit = one_step_generate(den, cond, x_init, noise, 1.1, SCHED, z=z)
-        assert torch.equal(ours, ref) and torch.equal(explicit, ref)
-    finally:
-        den.train()
-
-
-def test_one_step_generate_ve_equals_one_ve_sampler_step(case):
+@pytest.mark.parametrize("ve, lam", [(False, 1.1), (True, 1.0)])
+def test_one_step_generate_equals_one_sampler_step(case, ve, lam):
     """With a ve-* completion.sampler the student trains on the sample that sampler makes."""
     den, cond, x_init, noise = case["student"].eval(), case["cond"], case["x_init"], case["noise"]
     try:
         def denoise(offset, t):
             return den(x_init + offset, cond, torch.full((1,), t, dtype=torch.long))
         with torch.no_grad():
-            ref = x_init + sample_dpmpp(denoise, noise, torch.tensor([999]), SCHED, generator=gen(8), ve=True)
-            ours = one_step_generate(den, cond, x_init, noise, 1.0, SCHED, generator=gen(8), ve=True)
-            vp = one_step_generate(den, cond, x_init, noise, 1.0, SCHED, generator=gen(8))
-        assert torch.equal(ours, ref)
-        assert (ours - vp).abs().max() > 0.1  # VP divides the data prediction by alpha_999 (~0.17)
+            ref = x_init + sample_dpmpp(denoise, lam * noise, torch.tensor([999]), SCHED, generator=gen(8), ve=ve)
+            ours = one_step_generate(den, cond, x_init, noise, lam, SCHED, generator=gen(8), ve=ve)
+            z = torch.randn(noise.shape, generator=gen(8))
+            explicit = one_step_generate(den, cond, x_init, noise, lam, SCHED, z=z, ve=ve)
+            other = one_step_generate(den, cond, x_init, noise, lam, SCHED, generator=gen(8), ve=not ve)
+        assert torch.equal(ours, ref) and torch.equal(explicit, ref)
+        assert (ours - other).abs().max() > 0.1  # VP divides the data prediction by alpha_999 (~0.17)
     finally:
         den.train()
 
