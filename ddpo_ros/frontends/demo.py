@@ -53,8 +53,7 @@ def choose_weights(weights, out: Path, log) -> tuple[Path, bool]:
         return default_weights(), True
     log("NOTE: the bundled weights ddpo_ros/weights/mini.safetensors are missing from this install (the git "
         "checkout has them; config/train/teacher_mini.yaml trains them). The demo runs the real pipeline with "
-        "randomly initialised mini-scale "
-        "networks: timings are real, the completed scenes are noise.")
+        "randomly initialised mini-scale networks: timings are real, the completed scenes are noise.")
     return untrained_weights(out / "untrained_mini.safetensors"), False
 
 
