@@ -3,9 +3,9 @@
 The noise loss only ever shows the network x_t = x_0 + sigma_t eps with x_0 on the ground truth.
 The sampler asks it about other states: those of its own trajectory from x_init (the scan,
 tiled), which start off the ground truth and drift with every imperfect step. Measured on the
-bundled mini teacher (held-out synthetic scene 1000000, 8 VE steps; README "On its own
-trajectory"): its squared error against the ideal denoiser is 0.02-0.04 on training states at
-every sampler step, but grows along its trajectory to 0.10 at t = 250 and 0.35 at t = 125.
+bundled mini teacher (3 held-out synthetic scenes, 8 VE steps; README "On its own trajectory"):
+its squared error against the ideal denoiser is 0.02-0.05 on training states at every sampler
+step, but grows along its own trajectory to 0.11 at t = 250 and 0.41 at t = 125.
 
 The ideal denoiser eps*(x, t) = (x - E[x_0 | x_t = x]) / sigma_t (training/oracle.py) is defined at
 every state: it is -sigma_t times the score of p_t(x) = mean over ground-truth points g of
