@@ -35,7 +35,7 @@ def trajectory_states(eps_fn: Callable[[Tensor, int], Tensor], x_init: Tensor, s
     """(state, t) that `sampler` hands the denoiser at each of its `calls` (0: the first call, the
     state x_init + eps at t = T-1) when completing from x_init in `steps` steps, as the Completer
     does: same start noise drawn from `generator` first, same offset state. eps_fn(x, t) sees the
-    absolute state; it is called max(calls) times, the first call in `calls` costs nothing."""
+    absolute state and runs max(calls) times: the sampler stops at the last wanted call."""
     if not calls or min(calls) < 0 or max(calls) >= steps:
         raise ValueError(f"calls must lie in 0..{steps - 1}, got {calls}")
     last, found, made = max(calls), {}, [0]
