@@ -121,3 +121,57 @@ def test_bad_refine_config_is_rejected_with_its_name(tmp_path):
     proc = train(write_config(tmp_path / "neg.yaml", refine={"jitter_sigma": -0.2}), tmp_path / "x")
     assert proc.returncode == 2 and "refine.jitter_sigma" in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def tiny_teacher(path: Path, width: float = 0.125) -> Path:
+    """A teacher stage's weights file for TINY's model: encoder + teacher, random (the refiner's input
+    only has to be that teacher's completion, not a good one)."""
+    from ddpo_ros.checkpoint import save_checkpoint
+    from ddpo_ros.config import from_dict
+    from ddpo_ros.models import build_denoiser, build_encoder
+    from training.config import TrainConfig
+    from training.loop import inference_config
+
+    cfg = from_dict(TrainConfig, {**TINY, "stage": "teacher", "model": {"width": width}})
+    torch.manual_seed(0)
+    return save_checkpoint(path, {"encoder": build_encoder(cfg.model), "teacher": build_denoiser(cfg.model)},
+                           inference_config(cfg, refiner=False), step=1)
+
+
+def test_completion_input_is_the_teachers_completion_resampled(tmp_path):
+    from ddpo_ros.pipeline import Completer
+    from training.data.synthetic import SyntheticPairs
+    from training.refine import completion_input
+
+    completer = Completer.from_checkpoint(tiny_teacher(tmp_path / "teacher.safetensors"))
+    partial = torch.stack([SyntheticPairs(2, num_points=200, gt_points=2000)[i]["partial"] for i in range(2)])
+    x = completion_input(completer, partial, 2500, torch.Generator().manual_seed(3))
+    assert x.shape == (2, 2500, 3)
+    g = torch.Generator().manual_seed(3)
+    for b in range(2):
+        seed = int(torch.randint(2 ** 31 - 1, (1,), generator=g))
+        points = torch.from_numpy(completer.complete(partial[b].numpy(), refine=False, seed=seed).points)
+        for _ in range(-(-2500 // len(points))):  # the shuffles it drew
+            torch.randperm(len(points), generator=g)
+        assert len(points) < 2500  # 200 x 10 diffused, cropped: tiled to fill
+        rows = {tuple(p) for p in points.tolist()}
+        assert {tuple(p) for p in x[b].tolist()} == rows  # every completion point, nothing else
+
+
+def test_refiner_trains_on_a_teachers_completions(trained, tmp_path):
+    pytest.importorskip("tensorboard")
+    teacher = tiny_teacher(tmp_path / "teacher.safetensors")
+    config = write_config(tmp_path / "t.yaml", refine={"teacher": str(teacher)},
+                          train={"epochs": 2, "val_every": 4, "checkpoint_every": 4})
+    proc = train(config, tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = scalars(tmp_path / "run")
+    assert len(s["loss/refine"]) == 4 and all(np.isfinite(s["loss/refine"]))
+    # the untrained teacher's completion is far further from the ground truth than 0.2 m jitter
+    assert s["val/cd_input"][-1] > 2 * scalars(trained)["val/cd_input"][-1]
+
+
+def test_refine_teacher_of_another_width_is_rejected_with_its_name(tmp_path):
+    teacher = tiny_teacher(tmp_path / "wide.safetensors", width=0.25)
+    proc = train(write_config(tmp_path / "t.yaml", refine={"teacher": str(teacher)}), tmp_path / "x")
+    assert proc.returncode != 0 and "refine.teacher" in proc.stderr and "wide.safetensors" in proc.stderr

@@ -97,11 +97,16 @@ class TeacherConfig:
 
 @dataclass(frozen=True)
 class RefineConfig:
-    """LiDiff refinement net: refine(gt subset + clipped jitter) -> up x points, squared chamfer to gt."""
+    """LiDiff refinement net: refine(gt subset + clipped jitter, or a teacher's completion) -> up x
+    points, squared chamfer to gt."""
 
     jitter_sigma: float = 0.2              # metres, per coordinate (reference: aggregated cloud + jitter)
     jitter_clip: float = 0.3               # metres, the jitter is clipped to +-this
     input_points: int = 0                  # refiner input points; 0: completion.num_points * replication
+    # Weights with encoder + teacher: the refiner learns on that teacher's own completions of each
+    # training scan (its completion settings, no refiner) instead of jittered ground truth, so it
+    # sees at training what it refines at inference. Empty: jittered ground truth (the reference).
+    teacher: str = ""
 
     def __post_init__(self):
         _check(self.jitter_sigma >= 0 and self.jitter_clip >= 0, "refine.jitter_sigma/jitter_clip", "must be >= 0")
