@@ -68,6 +68,7 @@ def test_completes_real_clouds_with_same_stamp_and_frame(ros, node):
 
 def test_bundled_mini_weights_complete_a_real_cloud(ros):
     """With `weights` empty the node loads the package's trained mini weights and completes with them."""
+    from ddpo_ros.checkpoint import load_checkpoint
     from ddpo_ros.frontends.node import CompletionNode
     from ddpo_ros.resources import default_weights
 
@@ -87,6 +88,11 @@ def test_bundled_mini_weights_complete_a_real_cloud(ros):
         scan = kitti_scan(0)[:, :3]
         assert probe.outputs[0].header.stamp.sec == 7 and np.all(np.isfinite(points))
         assert len(points) > len(scan) / 10  # 4,000 samples x10 replicas, refined
+        # guidance_scale -1 (the default) is the weights' own w (the mini teacher's 1), not a teacher's 6
+        own = load_checkpoint(default_weights()).config.completion.guidance_scale
+        done = lambda d: status_of(d)[2].get("frames processed") == "1"  # noqa: E731
+        assert probe.wait(lambda: any(map(done, probe.diagnostics)), timeout=30)
+        assert [status_of(d)[2] for d in probe.diagnostics if done(d)][-1]["guidance_scale"] == f"{own:g}"
         probe.node.destroy_node()
     finally:
         executor.remove_node(n)

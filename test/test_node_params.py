@@ -45,6 +45,12 @@ def test_completion_overrides_applied_to_the_weights_settings():
     values = validate({})
     cfg = completion_settings(base, completion_overrides(values))
     assert cfg.num_points == 4000 and cfg.guidance_scale is None and cfg.seed is None and cfg.steps == 8
+    # -1 guidance keeps the weights' own w (the bundled mini teacher's is 1: not the teacher class's 6)
+    own = CompletionConfig(num_points=4000, replication=10, guidance_scale=1.0)
+    assert completion_settings(own, completion_overrides(values)).guidance_scale == 1.0
+    at_runtime = completion_overrides(values, ["completion.guidance_scale"], weights_guidance=1.0)
+    assert at_runtime == {"guidance_scale": 1.0}
+    assert completion_overrides(values, ["completion.guidance_scale"], weights_guidance=None) == {"guidance_scale": None}
     assert cfg.replication == 10 and cfg.denoiser == "auto" and cfg.max_range == 50.0
     values = validate({"completion.num_points": 500, "completion.seed": 3, "completion.guidance_scale": 1.0,
                        "completion.refine": False, "completion.steps": 2})

@@ -57,6 +57,7 @@ class CompletionNode(LifecycleNode):
         self.settings = {p.name: self.get_parameter(p.name).value for p in node_params.PARAMETERS}
         self.completer = self.monitor = self.tf = self._worker = self.sub = None
         self._pubs, self._timer = [], None
+        self._weights_guidance = node_params.UNSET  # the loaded weights' guidance, once loaded
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     @property
@@ -133,8 +134,10 @@ class CompletionNode(LifecycleNode):
         completer = load_completer(s["weights"], device=s["device"], cpu_fallback=True,
                                    warn=self.get_logger().warning,
                                    overrides=node_params.completion_overrides(s))
+        self._weights_guidance = completer.config.completion.guidance_scale  # what -1 goes back to
         self.get_logger().info(f"{completer.kind} from {s['weights'] or 'the bundled mini weights'} on "
-                               f"{completer.device}; steps {s['completion.steps']}, refine {s['completion.refine']}")
+                               f"{completer.device}; steps {s['completion.steps']}, guidance "
+                               f"{completer.default_guidance:g}, refine {s['completion.refine']}")
         return completer
 
     def _warm_up(self, completer) -> None:
@@ -181,7 +184,8 @@ class CompletionNode(LifecycleNode):
                 return SetParametersResult(successful=False, reason=str(err))
         self.settings = {**self.settings, **changed}
         if self._worker is not None:  # applied by the worker before its next cloud
-            self._worker.configure(**node_params.completion_overrides(self.settings, changed))
+            self._worker.configure(**node_params.completion_overrides(self.settings, changed,
+                                                                      weights_guidance=self._weights_guidance))
         return SetParametersResult(successful=True)
 
     def _publish_diagnostics(self) -> None:

@@ -4,8 +4,8 @@ The node declares exactly these (with descriptors and ranges), config/node.yaml 
 these, and the launch file passes them through. Dotted names mirror the YAML sections of the
 model config (`completion.steps` is `completion: steps:` there), so one vocabulary serves the
 node, the YAML files and the CLI. ROS parameters cannot be null, so "use what the weights were
-made for" is spelled 0 (counts) or -1 (seed, guidance) here and becomes `None` in
-`CompletionConfig`.
+made for" is spelled 0 (num_points) or -1 (guidance: the weights' `completion.guidance_scale`) and
+-1 seed means fresh noise (`None` in `CompletionConfig`).
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ PARAMETERS: tuple[Param, ...] = (
           choices=("auto", "student", "teacher")),
     Param("completion.steps", 8, "denoising steps per scene (student: 8, or 1-4; teacher: 50)",
           read_only=False, low=1, high=50),
-    Param("completion.guidance_scale", -1.0, "classifier-free guidance w; -1 = the denoiser's own "
-          "(3.5 student, 6 teacher)", read_only=False, low=-1.0, high=20.0),
+    Param("completion.guidance_scale", -1.0, "classifier-free guidance w; -1 = the weights' own value "
+          "(if they set none: 3.5 student, 6 teacher)", read_only=False, low=-1.0, high=20.0),
     Param("completion.refine", True, "run the x6 refinement net on the completed scene", read_only=False),
     Param("completion.num_points", 0, "scan points kept by farthest-point sampling; 0 = the weights' value",
           low=0, high=200000),
@@ -90,17 +90,27 @@ def validate(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def completion_overrides(values: dict[str, Any], names=None) -> dict[str, Any]:
+UNSET = object()
+
+
+def completion_overrides(values: dict[str, Any], names=None, weights_guidance: Any = UNSET) -> dict[str, Any]:
     """The `completion.*` parameters (all, or those in `names`) as CompletionConfig overrides for
-    `loading.load_completer` / `Completer.configure`: the sentinels become None (-1 seed: fresh
-    noise; -1 guidance: the denoiser's own) and num_points 0 is left out (the weights' value)."""
+    `loading.load_completer` / `Completer.configure`: -1 seed becomes None (fresh noise), num_points
+    0 is left out (the weights' value) and so is -1 guidance, unless `weights_guidance` (the loaded
+    weights' completion.guidance_scale) is given: then -1 becomes that, so setting -1 at runtime goes
+    back to it. (Passing None for -1 would mean the denoiser class's default, 6 for any teacher,
+    which is not what weights that set their own, e.g. the bundled mini teacher's w = 1, were made for.)"""
     out = {}
     for name in names if names is not None else BY_NAME:
         if not name.startswith("completion."):
             continue
         value, key = values[name], name.removeprefix("completion.")
-        if key in ("seed", "guidance_scale") and value < 0:
+        if key == "seed" and value < 0:
             value = None
+        if key == "guidance_scale" and value < 0:
+            if weights_guidance is UNSET:
+                continue
+            value = weights_guidance
         if key == "num_points" and value == 0:
             continue
         out[key] = value
