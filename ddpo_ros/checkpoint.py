@@ -161,7 +161,8 @@ def merge(paths, roles=None) -> Checkpoint:
     in two files must have identical tensors. The diffusion schedule and completion settings come
     from the first file with a role other than the refiner (a refiner-only file's schedule means
     nothing), and those files must agree on the schedule; completion.refine is switched on when the
-    merge adds a refiner to a file that had none (the training loop stores refine=False there).
+    merge adds a refiner to a file that had none (the training loop stores refine=False there), and
+    off when the result holds no refiner.
     `roles` keeps only those roles; step is the largest of the files'."""
     ckpts = [load_checkpoint(p) for p in paths]
     if not ckpts:
@@ -198,6 +199,8 @@ def merge(paths, roles=None) -> Checkpoint:
     completion = base.config.completion
     if "refiner" in state and "refiner" not in base.roles:
         completion = replace(completion, refine=True)
+    elif "refiner" not in state:  # e.g. --roles encoder,teacher of a file with a refiner: nothing to refine with
+        completion = replace(completion, refine=False)
     info = {"merged": [str(c.path) for c in ckpts], "roles": origin}
     return Checkpoint(state, replace(base.config, completion=completion), max(c.step for c in ckpts),
                       base.extra, json.dumps(info))

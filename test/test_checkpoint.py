@@ -489,6 +489,12 @@ def test_merge_our_files_teacher_plus_refiner(tmp_path, nets, capsys):
     assert main(["convert", str(a), str(b), "-o", str(cli_out)]) == 0
     assert f"wrote {cli_out}" in capsys.readouterr().out
     assert load_checkpoint(cli_out).roles == m.roles
+    # one file + --roles: a subset, to merge with another refiner in place of its own
+    sub = tmp_path / "sub.safetensors"
+    assert main(["convert", str(cli_out), "--roles", "encoder,teacher", "-o", str(sub)]) == 0
+    assert load_checkpoint(sub).roles == ("encoder", "teacher")
+    assert load_checkpoint(sub).config == teacher_cfg  # refine off again: no refiner left
+    assert_same_state(load_checkpoint(sub).state["teacher"], sd(nets["teacher"]))
 
     # one shape per file, one tensor set per role, one schedule per diffusion file
     wide = save_checkpoint(tmp_path / "wide.safetensors", {"refiner": make_net("refiner", 0, ModelConfig(width=0.25))},

@@ -29,7 +29,8 @@ def _param_count(state: Mapping[str, Tensor]) -> int:
 
 def convert_cli(args) -> int:
     """`ddpo convert`: .ckpt files -> one .safetensors, one .safetensors + --layout -> .ckpt, or
-    several .safetensors -> one merged .safetensors (e.g. a teacher run's and a refine run's weights)."""
+    several .safetensors -> one merged .safetensors (e.g. a teacher run's and a refine run's weights),
+    one .safetensors + --roles -> those roles only."""
     try:
         roles = [r.strip() for r in args.roles.split(",") if r.strip()] if args.roles else None
         _check_roles(roles or (), "--roles")
@@ -41,15 +42,18 @@ def convert_cli(args) -> int:
             ckpt = replace(ckpt, state={r: s for r, s in ckpt.state.items() if roles is None or r in roles})
             out = export_reference(ckpt, args.output, args.layout)
             state, config = {r: ckpt.state[r] for r in LAYOUTS[args.layout]}, ckpt.config
-        elif all(p.suffix == ".safetensors" for p in inputs) and len(inputs) > 1:
+        elif all(p.suffix == ".safetensors" for p in inputs) and (len(inputs) > 1 or roles):
+            # one file with --roles: a subset, e.g. a teacher file's encoder + teacher to merge with a
+            # refine run's refiner in place of the one it holds
             ckpt = merge(inputs, roles)
             out = save_checkpoint(args.output, ckpt.state, ckpt.config, step=ckpt.step, extra=ckpt.extra,
                                   source=ckpt.source)
             state, config = ckpt.state, ckpt.config
         else:
             if any(p.suffix == ".safetensors" for p in inputs):
-                raise CheckpointError("a .safetensors input needs --layout (export), or two or more "
-                                      ".safetensors inputs and nothing else (merge); import takes .ckpt files")
+                raise CheckpointError("a .safetensors input needs --layout (export), --roles (a subset), or "
+                                      "two or more .safetensors inputs and nothing else (merge); import takes "
+                                      ".ckpt files")
             state, config, info = import_reference(inputs, roles)
             hp = info.pop("hyper_parameters")
             try:
