@@ -58,3 +58,32 @@ def test_evaluate_on_held_out_synthetic_scenes(tmp_path, tiny_weights):
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["scan"] for r in rows] == ["synthetic:1000000", "synthetic:1000001"]
     assert 0 < json.loads((out / "summary.json").read_text())["scan_only"]["cd"]["mean"] < 1.0
+
+
+def test_kitti_scenes_take_the_poses_file_named(tmp_path):
+    """--poses picks the map's poses per sequence folder (the bundled frames: poses_sova.txt, LiDAR-aligned)."""
+    import numpy as np
+
+    from ddpo_ros.datasets.ground_truth import MapBuilder, scan_ground_truth
+    from ddpo_ros.datasets.kitti import KittiSequence
+    from training.evaluate import kitti_scenes
+
+    src, seq = DATA / "kitti_seq00_0_39", tmp_path / "seq"
+    (seq / "velodyne").mkdir(parents=True)
+    for name in ("calib.txt", "times.txt", "poses.txt", "poses_sova.txt"):
+        (seq / name).symlink_to(src / name)
+    for i in range(3):  # frames 0-2: where the official poses smear most (SOURCE.md)
+        (seq / "velodyne" / f"{i:06d}.bin").symlink_to(src / "velodyne" / f"{i:06d}.bin")
+    default = dict(kitti_scenes(seq, lambda n: [1], tmp_path / "maps"))
+    sova = dict(kitti_scenes(seq, lambda n: [1], tmp_path / "maps", poses="poses_sova.txt"))
+    (key, load), = sova.items()
+    scan, gt = load()
+    aligned = KittiSequence(seq, poses=seq / "poses_sova.txt")
+    world = MapBuilder()
+    for i in range(3):
+        world.add(aligned.scan(i), aligned.pose(i))
+    raw = scan[np.linalg.norm(scan, axis=1) < 50.0]
+    np.testing.assert_array_equal(gt, scan_ground_truth(world.points, aligned.pose(1), raw, z_max=4.4))
+    assert len(default[key]()[1]) > len(gt)  # the smeared map spreads the same surfaces over more voxels
+    with pytest.raises(FileNotFoundError, match="--poses nope.txt"):
+        kitti_scenes(seq, lambda n: [1], None, poses="nope.txt")

@@ -52,7 +52,8 @@ def scenes(args) -> list[tuple[str, str, object]]:
     out = [("synthetic", key, load) for key, load in held_out_synthetic(args.synthetic)]
     if args.kitti_frames:
         frames = [int(f) for f in args.kitti_frames.split(",")]
-        out += [("kitti", key, load) for key, load in kitti_scenes(args.kitti, lambda n: frames, args.cache_dir)]
+        out += [("kitti", key, load) for key, load in kitti_scenes(args.kitti, lambda n: frames, args.cache_dir,
+                                                              poses=args.poses)]
     return out
 
 
@@ -90,6 +91,8 @@ def main(argv=None) -> int:
     p.add_argument("--kitti", default=str(REPO.parent / "shared" / "data" / "kitti_seq00_0_39"))
     p.add_argument("--kitti-frames", default="10,20,30")
     p.add_argument("--cache-dir", default="runs/maps")
+    p.add_argument("--poses", default=None, help="poses file in the KITTI folder (default poses.txt; "
+                   "poses_sova.txt: LiDAR-aligned, a sharper map)")
     p.add_argument("--samplers", default=",".join(SAMPLERS))
     p.add_argument("--steps", default="1,2,4,8,50")
     p.add_argument("--seed", type=int, default=0)

@@ -63,6 +63,8 @@ def main(argv=None) -> int:
     p.add_argument("--kitti", default=str(REPO.parent / "shared" / "data" / "kitti_seq00_0_39"))
     p.add_argument("--kitti-frames", default="10,20,30")
     p.add_argument("--cache-dir", default="runs/maps")
+    p.add_argument("--poses", default=None, help="poses file in the KITTI folder (default poses.txt; "
+                   "poses_sova.txt: LiDAR-aligned, a sharper map)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
@@ -102,7 +104,7 @@ def main(argv=None) -> int:
                     pred = completer.complete(scan, steps=steps, refine=refine, guidance_scale=guidance,
                                               seed=args.seed + n).points
                 row = {"dataset": dataset, "key": key, "method": method, "weights": weights.name,
-                       "refiner": args.refiner or weights.name,
+                       "refiner": args.refiner or weights.name, "poses": args.poses or "poses.txt",
                        "seconds": time.perf_counter() - start, "points": len(pred),
                        "metrics": completion_metrics(pred, gt)}
                 sink.write(json.dumps(row) + "\n")
@@ -112,7 +114,7 @@ def main(argv=None) -> int:
     facts = (f"{datetime.now(timezone.utc):%Y-%m-%d}, {_machine()}; {weights.name} ({completer.kind}) in the "
              f"Completer, {config.num_points:,} sampled scan points x {config.replication} diffused, refined only "
              f"where the method says so (refiner: {Path(args.refiner).name if args.refiner else 'its own'}); "
-             f"F and IoU in %.")
+             f"KITTI ground truth from {args.poses or 'poses.txt'}; F and IoU in %.")
     out.with_suffix(".json").write_text(json.dumps({"facts": facts, "weights": str(weights), "summary": summary},
                                                    indent=1))
     out.with_suffix(".md").write_text(markdown(summary, facts))

@@ -52,10 +52,17 @@ def held_out_synthetic(count: int, start: int = 0, every: int = 1) -> list[tuple
     return [(f"synthetic:{HELD_OUT + i}", partial(synthetic, HELD_OUT + i)) for i in range(start, count, every)]
 
 
-def kitti_scenes(root, frames=None, cache_dir=None, sequences=None) -> list[tuple[str, Callable]]:
+def kitti_scenes(root, frames=None, cache_dir=None, sequences=None, poses=None) -> list[tuple[str, Callable]]:
     """(key, load) per scan of the sequences under `root`: every frame, or the indices
-    `frames(len(sequence))` gives."""
-    seqs = [KittiSequence(p) for p in find_sequences(root, sequences or SPLITS["val"])]
+    `frames(len(sequence))` gives. `poses`: the poses file's name in each sequence folder (default
+    poses.txt; the bundled kitti_seq00_0_39 also has the LiDAR-aligned poses_sova.txt, see its SOURCE.md)."""
+    def sequence(p):
+        if poses is None:
+            return KittiSequence(p)
+        if not (Path(p) / poses).exists():
+            raise FileNotFoundError(f"--poses {poses}: {Path(p) / poses} does not exist")
+        return KittiSequence(p, poses=Path(p) / poses)
+    seqs = [sequence(p) for p in find_sequences(root, sequences or SPLITS["val"])]
     maps: dict[str, np.ndarray] = {}
 
     def kitti(seq, i):
@@ -79,7 +86,8 @@ def scans_of(args) -> list[tuple[str, Callable[[], tuple[np.ndarray, np.ndarray]
         todo = held_out_synthetic(int(str(args.data).split(":", 1)[1]), args.start, args.every)
     else:
         names = args.sequences.split(",") if args.sequences else SPLITS[args.split]
-        todo = kitti_scenes(args.data, lambda n: range(args.start, n, args.every), args.cache_dir, names)
+        todo = kitti_scenes(args.data, lambda n: range(args.start, n, args.every), args.cache_dir, names,
+                            getattr(args, "poses", None))
     return todo[: args.limit] if args.limit else todo
 
 

@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--renders", type=int, default=3, help="PNG renders of the first n scans")
     p.add_argument("--device", default="cpu")
     p.add_argument("--cache-dir", default="runs/maps", help="where ground-truth maps are cached")
+    p.add_argument("--poses", default=None, help="poses file name in each sequence folder (default poses.txt)")
     p.add_argument("--out", default="runs/eval", help="results.jsonl, summary.json/.md, renders/")
     return parser
 
