@@ -50,7 +50,8 @@ def test_completion_overrides_applied_to_the_weights_settings():
     assert completion_settings(own, completion_overrides(values)).guidance_scale == 1.0
     at_runtime = completion_overrides(values, ["completion.guidance_scale"], weights_guidance=1.0)
     assert at_runtime == {"guidance_scale": 1.0}
-    assert completion_overrides(values, ["completion.guidance_scale"], weights_guidance=None) == {"guidance_scale": None}
+    back = completion_overrides(values, ["completion.guidance_scale"], weights_guidance=None)
+    assert back == {"guidance_scale": None}  # weights without their own w: the denoiser's default
     assert cfg.replication == 10 and cfg.denoiser == "auto" and cfg.max_range == 50.0
     values = validate({"completion.num_points": 500, "completion.seed": 3, "completion.guidance_scale": 1.0,
                        "completion.refine": False, "completion.steps": 2})

@@ -52,8 +52,8 @@ def scenes(args) -> list[tuple[str, str, object]]:
     out = [("synthetic", key, load) for key, load in held_out_synthetic(args.synthetic)]
     if args.kitti_frames:
         frames = [int(f) for f in args.kitti_frames.split(",")]
-        out += [("kitti", key, load) for key, load in kitti_scenes(args.kitti, lambda n: frames, args.cache_dir,
-                                                              poses=args.poses)]
+        todo = kitti_scenes(args.kitti, lambda n: frames, args.cache_dir, poses=args.poses)
+        out += [("kitti", key, load) for key, load in todo]
     return out
 
 

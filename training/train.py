@@ -2,7 +2,8 @@
 
 Stages:
   teacher        LiDiff's diffusion model from scratch (config/train/teacher.yaml, teacher_mini.yaml)
-  refine         LiDiff's refinement net on jittered ground truth or a teacher's completions (refine.yaml, refine_mini.yaml)
+  refine         LiDiff's refinement net on jittered ground truth or a teacher's completions
+                 (config/train/refine.yaml, refine_mini.yaml)
   distill        Distillation-DPO student from a teacher (config/train/distill.yaml, distill_mini.yaml)
   score-distill  the score-distillation baseline of Table 6 (config/train/score_distill*.yaml)
   diffusion-dpo  Diffusion-DPO fine-tuning of the teacher, Table 4 (config/train/diffusion_dpo*.yaml)
