@@ -80,9 +80,12 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sink_path = out.with_suffix(".jsonl")
-    done = set()
+    done, poses = set(), args.poses or "poses.txt"
     if sink_path.exists():
-        done = {(r["key"], r["method"]) for r in map(json.loads, sink_path.read_text().splitlines())}
+        rows = [json.loads(line) for line in sink_path.read_text().splitlines()]
+        if any(r.get("poses", "poses.txt") != poses for r in rows):
+            raise SystemExit(f"{sink_path} holds rows scored against another --poses map; use another --out")
+        done = {(r["key"], r["method"]) for r in rows}
     todo = scenes(args)
     with sink_path.open("a") as sink, tqdm(total=len(todo) * (1 + len(variants)), desc="sweep",
                                            file=sys.stderr) as bar:
@@ -104,7 +107,7 @@ def main(argv=None) -> int:
                     pred = completer.complete(scan, steps=steps, refine=refine, guidance_scale=guidance,
                                               seed=args.seed + n).points
                 row = {"dataset": dataset, "key": key, "method": method, "weights": weights.name,
-                       "refiner": args.refiner or weights.name, "poses": args.poses or "poses.txt",
+                       "refiner": args.refiner or weights.name, "poses": poses,
                        "seconds": time.perf_counter() - start, "points": len(pred),
                        "metrics": completion_metrics(pred, gt)}
                 sink.write(json.dumps(row) + "\n")
@@ -114,7 +117,7 @@ def main(argv=None) -> int:
     facts = (f"{datetime.now(timezone.utc):%Y-%m-%d}, {_machine()}; {weights.name} ({completer.kind}) in the "
              f"Completer, {config.num_points:,} sampled scan points x {config.replication} diffused, refined only "
              f"where the method says so (refiner: {Path(args.refiner).name if args.refiner else 'its own'}); "
-             f"KITTI ground truth from {args.poses or 'poses.txt'}; F and IoU in %.")
+             f"KITTI ground truth from {poses}; F and IoU in %.")
     out.with_suffix(".json").write_text(json.dumps({"facts": facts, "weights": str(weights), "summary": summary},
                                                    indent=1))
     out.with_suffix(".md").write_text(markdown(summary, facts))

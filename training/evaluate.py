@@ -38,7 +38,8 @@ def settings_of(args, completer) -> dict:
             "seed": args.seed, "num_points": completer.config.completion.num_points,
             "replication": completer.config.completion.replication,
             # Only when not the default, so results made before the setting existed still resume.
-            **({"precision": precision} if (precision := completer.config.completion.precision) != "fp32" else {})}
+            **({"precision": precision} if (precision := completer.config.completion.precision) != "fp32" else {}),
+            **({"poses": args.poses} if args.poses else {})}  # another map is another ground truth
 
 
 def held_out_synthetic(count: int, start: int = 0, every: int = 1) -> list[tuple[str, Callable]]:
@@ -56,13 +57,11 @@ def kitti_scenes(root, frames=None, cache_dir=None, sequences=None, poses=None) 
     """(key, load) per scan of the sequences under `root`: every frame, or the indices
     `frames(len(sequence))` gives. `poses`: the poses file's name in each sequence folder (default
     poses.txt; the bundled kitti_seq00_0_39 also has the LiDAR-aligned poses_sova.txt, see its SOURCE.md)."""
-    def sequence(p):
-        if poses is None:
-            return KittiSequence(p)
-        if not (Path(p) / poses).exists():
-            raise FileNotFoundError(f"--poses {poses}: {Path(p) / poses} does not exist")
-        return KittiSequence(p, poses=Path(p) / poses)
-    seqs = [sequence(p) for p in find_sequences(root, sequences or SPLITS["val"])]
+    try:
+        seqs = [KittiSequence(p, poses=Path(p) / poses if poses else None)
+                for p in find_sequences(root, sequences or SPLITS["val"])]
+    except FileNotFoundError as err:  # KittiSequence names the file; say which option chose it
+        raise FileNotFoundError(f"--poses {poses}: {err}" if poses else str(err)) from None
     maps: dict[str, np.ndarray] = {}
 
     def kitti(seq, i):
@@ -87,7 +86,7 @@ def scans_of(args) -> list[tuple[str, Callable[[], tuple[np.ndarray, np.ndarray]
     else:
         names = args.sequences.split(",") if args.sequences else SPLITS[args.split]
         todo = kitti_scenes(args.data, lambda n: range(args.start, n, args.every), args.cache_dir, names,
-                            getattr(args, "poses", None))
+                            args.poses)
     return todo[: args.limit] if args.limit else todo
 
 
