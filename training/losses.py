@@ -88,7 +88,10 @@ def chamfer_squared(pred: Tensor, gt: Tensor, block: int = CHAMFER_BLOCK, kdtree
     total = pred.new_zeros(())
     for a, b in zip(pred, gt):
         idx_ab, idx_ba = _nearest(a.detach(), b.detach(), block, kdtree)
-        total = total + ((a - b[idx_ab]) ** 2).sum(-1).mean() + ((b - a[idx_ba]) ** 2).sum(-1).mean()
+        # index_select, not a[idx]: its backward (index_add_) is deterministic on CPU, where advanced
+        # indexing's (index_put_ accumulate) adds duplicates in thread order under load.
+        total = (total + ((a - b.index_select(0, idx_ab)) ** 2).sum(-1).mean()
+                 + ((b - a.index_select(0, idx_ba)) ** 2).sum(-1).mean())
     return total / pred.shape[0]
 
 
@@ -131,6 +134,22 @@ def student_surrogate(sample_w: Tensor, sample_l: Tensor, g_w: Tensor, g_l: Tens
         raise ValueError("samples and score differences must all have the same shape")
     omega = float(sample_w.numel()) if omega is None else float(omega)
     return ((g_w.detach() * sample_w).sum() - (g_l.detach() * sample_l).sum()) / omega
+
+
+def dmd_normalise(g: Tensor, sample: Tensor, x_t: Tensor, eps_teacher: Tensor, sigma: Tensor) -> Tensor:
+    """g = eps_teacher - eps_ta re-weighted as DMD does (Yin et al. 2024, Eq. 7-8 and its weighting):
+
+        g' = (x0_fake - x0_real) / mean|G - x0_real|,   x0 = x_t - sigma_t eps (the local noise, alpha 1),
+
+    so x0_fake - x0_real = sigma_t g. In eps units (g as it comes) a step at small t weighs
+    1/sigma_t more than its effect on the clean cloud: |g| spiked to ~500 at the smallest t.
+    In x0 units, divided per sample by the distance from G to the teacher's clean estimate, every t
+    and every scene contributes O(1). sigma (B,) per sample; sample, x_t, eps_teacher (B, N, 3).
+    """
+    s = sigma.to(g.dtype).reshape(-1, 1, 1)
+    x0_real = x_t - s * eps_teacher
+    scale = (sample.detach() - x0_real).abs().mean(dim=(1, 2), keepdim=True).clamp_min(1e-8)
+    return s * g / scale
 
 
 def score_distill_surrogate(sample: Tensor, g: Tensor, omega: float | None = None) -> Tensor:

@@ -84,18 +84,20 @@ class MinkUNetDiff(nn.Module):
         # w_s is one row, broadcast below instead of searched and gathered.
         single = len(match.features) == 1 and not self.per_voxel_mlps
         rows = None if single else match(x)
+        # Gathers use index_select: its backward (index_add_) is deterministic on CPU; advanced
+        # indexing's (index_put_ accumulate) sums duplicate rows in thread order under load.
         if self.per_voxel_mlps:  # LiDiff's order: gather first, then the MLPs on every voxel
-            cond = getattr(self, f"latent_{name}")(match.features[rows])
-            time = getattr(self, f"{name}_temp")(emb)[match.batch[rows]]
+            cond = getattr(self, f"latent_{name}")(match.features.index_select(0, rows))
+            time = getattr(self, f"{name}_temp")(emb).index_select(0, match.batch[rows])
         else:
             cond = getattr(self, f"latent_{name}")(match.features)
-            time = getattr(self, f"{name}_temp")(emb)[match.batch]
+            time = getattr(self, f"{name}_temp")(emb).index_select(0, match.batch)
         # LiDiff concatenates [time, cond] at up1 and [cond, time] everywhere else.
         fused = getattr(self, f"latemp_{name}")(torch.cat((time, cond) if name == "up1" else (cond, time), dim=1))
         fused = fused.to(x.F.dtype)  # bfloat16 features under fuse_for_inference(precision='bf16')
         if single:
             return fused.expand(x.F.shape[0], -1)
-        return fused if self.per_voxel_mlps else fused[rows]
+        return fused if self.per_voxel_mlps else fused.index_select(0, rows)
 
     def forward(self, x_t: Tensor, cond, t: Tensor) -> Tensor:
         """x_t (B, N, 3), cond = encoder output, t (B,) integer steps -> epsilon (B, N, 3)."""

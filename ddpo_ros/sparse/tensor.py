@@ -57,7 +57,7 @@ class SparseTensor:
         """Per-point features: every point of `field` takes the feature of its voxel."""
         if field.coordinates is not self.coordinates:
             raise ValueError("slice needs the stride-1 tensor made from this field")
-        return self.F[field.inverse]
+        return self.F.index_select(0, field.inverse)
 
     def __repr__(self) -> str:
         return f"SparseTensor(voxels={len(self.coordinates)}, channels={self.F.shape[1]}, stride={self.tensor_stride})"
