@@ -74,11 +74,14 @@ def test_distillation_dpo_student_learns_and_frozen_networks_do_not(tmp_path, te
     assert len(completer.complete(kitti_scan(0), steps=2, seed=0).points) > 0
 
 
-def test_score_distillation_baseline_runs(tmp_path, teacher_weights):
-    proc = run_stage("score-distill", config(tmp_path, "score-distill", teacher_weights), tmp_path / "sd")
+def test_score_distillation_baseline_runs(tmp_path, teacher_weights):  # with DMD's weighting of g
+    cfg = config(tmp_path, "score-distill", teacher_weights, distill={"g_weighting": "dmd"})
+    proc = run_stage("score-distill", cfg, tmp_path / "sd")
     assert proc.returncode == 0, proc.stderr[-3000:]
     w = load_file(str(tmp_path / "sd" / "checkpoints" / "step_0000004" / "weights.safetensors"))
     assert {k.split(".", 1)[0] for k in w} == {"encoder", "teacher", "student", "ta"}
+    assert any(not torch.equal(w["student." + k.split(".", 1)[1]], v) for k, v in w.items()
+               if k.startswith("teacher.") and "running" not in k)  # the student moved
 
 
 def test_teacher_of_another_architecture_is_refused(tmp_path, teacher_weights):
@@ -132,7 +135,8 @@ def test_diffusion_dpo_starts_at_margin_zero_and_loss_log_2(tmp_path, teacher_we
 
 
 @pytest.mark.parametrize("freeze_bn", [True, False])
-def test_distill_g_is_what_the_tas_learned_with_frozen_batchnorm(tmp_path, teacher_weights, freeze_bn):
+@pytest.mark.parametrize("g_weighting", ["eps", "dmd"])
+def test_distill_g_is_what_the_tas_learned_with_frozen_batchnorm(tmp_path, teacher_weights, freeze_bn, g_weighting):
     """TAs that have learned nothing (ta_lr 1e-30 leaves every float32 weight as it was) predict the
     teacher's eps exactly when BatchNorm is frozen to the teacher's statistics, so |g| = 0; in train
     mode batch statistics alone make |g| > 0. The drift logs keep parameters apart from buffers."""
@@ -143,7 +147,8 @@ def test_distill_g_is_what_the_tas_learned_with_frozen_batchnorm(tmp_path, teach
     from training.data.sets import build_sets
     from training.loop import setup
     cfg = load_train_config(config(tmp_path, "distill", teacher_weights, distill={"ta_lr": 1e-30,
-                                                                                  "freeze_bn": freeze_bn}), {})
+                                                                                  "freeze_bn": freeze_bn,
+                                                                                  "g_weighting": g_weighting}), {})
     train_set, _ = build_sets(cfg)
     stage = distill.build(cfg, train_set=train_set, val_set=None, run=setup(cfg, tmp_path / "run"))
     logs = stage.step(default_collate([train_set[0]]))

@@ -17,8 +17,8 @@ from torch.func import functional_call
 from ddpo_ros.config import Config, ModelConfig
 from ddpo_ros.diffusion import make_schedule, sample_dpmpp
 from ddpo_ros.models import build_denoiser, build_encoder
-from training.losses import (chamfer_squared, diffusion_dpo_loss, lidiff_loss, noise_mse, released_code_student_loss,
-                             score_distill_surrogate, student_surrogate)
+from training.losses import (chamfer_squared, diffusion_dpo_loss, dmd_normalise, lidiff_loss, noise_mse,
+                             released_code_student_loss, score_distill_surrogate, student_surrogate)
 from training.student import one_step_generate, preference
 
 SCHED = make_schedule()
@@ -256,6 +256,25 @@ def test_descent_moves_the_winner_to_the_teacher_and_the_loser_away():
     assert float((m_w - grad_w).norm()) < float(m_w.norm())  # one SGD step: the winner nears the teacher's mean 0
     assert float((m_l - grad_l).norm()) > float(m_l.norm())  # and the loser leaves it
     assert float((m_w - grad_sd).norm()) < float(m_w.norm())
+
+
+def test_dmd_normalise_is_the_clean_cloud_difference_per_unit_distance():
+    """g' = (x0_fake - x0_real) / mean|G - x0_real| per sample, with x0 = x_t - sigma eps."""
+    sample = torch.randn(2, 500, 3, generator=gen(40))
+    x0_real = sample + torch.tensor([[[0.3, 0.0, 0.0]], [[0.0, 0.0, -0.6]]])  # the teacher's clean estimate
+    x0_fake = sample + 0.01 * torch.randn(2, 500, 3, generator=gen(41))     # the TA's: G itself, nearly
+    sigma = torch.tensor([0.05, 0.9], dtype=torch.float64)                  # a small and a large step
+    x_t = sample + sigma.float().reshape(-1, 1, 1) * torch.randn(2, 500, 3, generator=gen(42))
+    s = sigma.float().reshape(-1, 1, 1)
+    eps_teacher, eps_ta = (x_t - x0_real) / s, (x_t - x0_fake) / s
+    out = dmd_normalise(eps_teacher - eps_ta, sample, x_t, eps_teacher, sigma)
+    want = (x0_fake - x0_real) / torch.tensor([0.1, 0.2]).reshape(-1, 1, 1)  # mean |G - x0_real|
+    assert torch.allclose(out, want, atol=1e-5)
+    assert abs(float(out[0].abs().mean()) - float(out[1].abs().mean())) < 0.05  # both steps weigh alike
+    # descent on the surrogate moves G towards the teacher's clean estimate
+    m = torch.zeros(3, requires_grad=True)
+    grad, = torch.autograd.grad(score_distill_surrogate(sample + m, out), m)
+    assert float(grad @ (x0_real - sample).mean(dim=(0, 1))) < 0
 
 
 # -- preference ----------------------------------------------------------------------------------

@@ -127,9 +127,13 @@ class DistillConfig:
     # updated) instead of batch statistics: g = eps_teacher - eps_ta is then exactly 0 until a TA
     # learns something (training/student.trained_mode); false: train mode, as the reference.
     freeze_bn: bool = True
+    # How g = eps_teacher - eps_ta weighs steps t and scenes: "eps" as the paper writes Eq. 18 (small
+    # t dominate: 1/sigma_t), "dmd" in clean-cloud units normalised per sample (training/losses.dmd_normalise).
+    g_weighting: Literal["eps", "dmd"] = "eps"
 
     def __post_init__(self):
         _check(self.lam > 0, "distill.lam", "must be > 0")
+        _check(self.g_weighting in ("eps", "dmd"), "distill.g_weighting", "must be 'eps' or 'dmd'")
         _check(self.ta_lr > 0, "distill.ta_lr", "must be > 0")
         _check(self.ta_steps >= 1, "distill.ta_steps", "must be >= 1")
         _check(self.omega >= 0, "distill.omega", "must be >= 0")

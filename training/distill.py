@@ -19,6 +19,7 @@ train.optimizer for both optimisers (the reference: SGD, lr 1e-5, global grad no
 The student samples in one step while training, and validation uses 8 steps with CFG 3.5. The
 one-step sample takes the parameterisation of completion.sampler (VP, or VE for ve-*), and with
 distill.freeze_bn (default) student and TAs normalise with the teacher's running statistics.
+distill.g_weighting "dmd" re-weights g in clean-cloud units per sample (DMD; losses.dmd_normalise).
 Logged: |g| per side and the student's drift from the teacher (parameters apart from BatchNorm
 buffers), so a student that only moved its statistics shows as one.
 """
@@ -33,7 +34,7 @@ from ddpo_ros.pipeline import Completer
 
 from .common import drift, load_teacher, make_optimizer
 from .loop import Run, Stage, inference_config
-from .losses import noise_mse, student_surrogate
+from .losses import dmd_normalise, noise_mse, student_surrogate
 from .student import clamp_far, frozen_condition, pair_samples, trained_mode, uses_ve
 from .validation import validator
 
@@ -83,8 +84,11 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
             ta_lose.eval()
             x_wt, x_lt = noised(G_w.detach(), t, n), noised(G_l.detach(), t, n)
             td = t.to(run.device)
-            g_w = teacher(x_wt, cond, td) - ta_win(x_wt, cond, td)
-            g_l = teacher(x_lt, cond, td) - ta_lose(x_lt, cond, td)
+            e_w, e_l = teacher(x_wt, cond, td), teacher(x_lt, cond, td)
+            g_w, g_l = e_w - ta_win(x_wt, cond, td), e_l - ta_lose(x_lt, cond, td)
+            if d.g_weighting == "dmd":
+                sigma = schedule.sigma(t).to(run.device)
+                g_w, g_l = dmd_normalise(g_w, G_w, x_wt, e_w, sigma), dmd_normalise(g_l, G_l, x_lt, e_l, sigma)
         loss = student_surrogate(G_w, G_l, g_w, g_l, d.omega or None)
         out["grad_norm/student"] = run.optimise(opt_student, loss, student.parameters())
         out.update({"loss/student_surrogate": loss.item(), "preference/winner": scores[:, 0].mean().item(),

@@ -17,7 +17,7 @@ from ddpo_ros.pipeline import Completer
 
 from .common import drift, load_teacher, make_optimizer
 from .loop import Run, Stage, inference_config
-from .losses import noise_mse, score_distill_surrogate
+from .losses import dmd_normalise, noise_mse, score_distill_surrogate
 from .student import clamp_far, frozen_condition, one_step_generate, trained_mode, uses_ve
 from .validation import validator
 
@@ -62,7 +62,10 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
         with torch.no_grad():
             ta.eval()
             x_t, t, _ = noised(G.detach())
-            grad = teacher(x_t, cond, t) - ta(x_t, cond, t)
+            eps_teacher = teacher(x_t, cond, t)
+            grad = eps_teacher - ta(x_t, cond, t)
+            if d.g_weighting == "dmd":
+                grad = dmd_normalise(grad, G, x_t, eps_teacher, schedule.sigma(t.cpu()).to(run.device))
         loss = score_distill_surrogate(G, grad, d.omega or None)
         out["grad_norm/student"] = run.optimise(opt_student, loss, student.parameters())
         out.update({"loss/ta": loss_ta.item(), "loss/student_surrogate": loss.item(),
