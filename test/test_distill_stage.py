@@ -1,6 +1,7 @@
 """Distillation-DPO and score distillation as stages: the student learns, frozen networks stay frozen."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -52,10 +53,19 @@ def run_stage(stage: str, cfg: Path, out: Path, launcher=None):
                           env={**os.environ, "OMP_NUM_THREADS": "1"} if launcher else None)
 
 
-def test_distillation_dpo_student_learns_and_frozen_networks_do_not(tmp_path, teacher_weights):
-    proc = run_stage("distill", config(tmp_path, "distill", teacher_weights), tmp_path / "run")
+@pytest.fixture(scope="module")
+def distill_run(tmp_path_factory, teacher_weights) -> tuple[Path, Path]:
+    """(config, out folder) of one 4-step distill run, shared by the tests that read it."""
+    tmp = tmp_path_factory.mktemp("distill")
+    cfg = config(tmp, "distill", teacher_weights)
+    proc = run_stage("distill", cfg, tmp / "run")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    w = load_file(str(tmp_path / "run" / "checkpoints" / "step_0000004" / "weights.safetensors"))
+    return cfg, tmp / "run"
+
+
+def test_distillation_dpo_student_learns_and_frozen_networks_do_not(distill_run, teacher_weights):
+    run = distill_run[1]
+    w = load_file(str(run / "checkpoints" / "step_0000004" / "weights.safetensors"))
     t0 = load_file(str(teacher_weights))
     roles = {k.split(".", 1)[0] for k in w}
     assert roles == {"encoder", "teacher", "student", "ta_win", "ta_lose"}
@@ -67,9 +77,9 @@ def test_distillation_dpo_student_learns_and_frozen_networks_do_not(tmp_path, te
                     and "num_batches" not in k) for r in ("student", "ta_win", "ta_lose", "teacher")}
     assert moved["teacher"] == 0 and all(role(w, "encoder")[k].equal(v) for k, v in role(t0, "encoder").items())
     assert moved["student"] > 0 and moved["ta_win"] > 0 and moved["ta_lose"] > 0  # Eq. 18 moves the student
-    assert (tmp_path / "run" / "val" / "step_0000004.png").exists()
+    assert (run / "val" / "step_0000004.png").exists()
     from ddpo_ros.pipeline import Completer
-    completer = Completer.from_checkpoint(tmp_path / "run" / "checkpoints" / "step_0000004" / "weights.safetensors")
+    completer = Completer.from_checkpoint(run / "checkpoints" / "step_0000004" / "weights.safetensors")
     assert completer.kind == "student" and completer.default_steps == 8
     assert len(completer.complete(kitti_scan(0), steps=2, seed=0).points) > 0
 
@@ -160,3 +170,42 @@ def test_distill_g_is_what_the_tas_learned_with_frozen_batchnorm(tmp_path, teach
         assert logs["drift/student_buffers"] > 0.0  # train mode updated the running statistics
     # g = 0 gives the student no gradient (frozen) or statistics noise (train mode); never a NaN
     assert math.isfinite(logs["drift/student_params"]) and logs["drift/student_params_relative"] >= 0.0
+
+
+def test_ddpo_gradient_tool_splits_the_student_gradient_into_winner_and_loser(tmp_path, distill_run):
+    """tools/ddpo_gradient.py on a real distill checkpoint: grad_w - grad_l is exactly the gradient of
+    the stage's surrogate (Eq. 18) for the same draw, and the report is written."""
+    sys.path.insert(0, str(REPO / "tools"))
+    import ddpo_gradient
+    from torch.utils.data import default_collate
+
+    from ddpo_ros.checkpoint import build_models, load_checkpoint
+    from ddpo_ros.diffusion import schedule_from_config
+    from training.config import load_train_config
+    from training.data.sets import build_sets
+    from training.distill import student_pair
+    from training.losses import student_surrogate
+    from training.student import frozen_condition
+    cfg_path, run = distill_run
+    weights = run / "weights.safetensors"
+    cfg = load_train_config(cfg_path, {"data.augment": False})
+    nets = build_models(load_checkpoint(weights), ddpo_gradient.ROLES, device="cpu")
+    batch = default_collate([build_sets(cfg)[0][0]])
+    parts = ddpo_gradient.scene_gradients(cfg, nets, batch, torch.Generator().manual_seed(5))
+
+    _, _, cond = frozen_condition(nets["encoder"], [nets["teacher"]], batch, "cpu")
+    x_init = batch["partial"].repeat(1, cfg.completion.replication, 1)
+    G_w, G_l, g_w, g_l, _, _ = student_pair(cfg, schedule_from_config(cfg.diffusion), nets["student"], nets["teacher"],
+                                            nets["ta_win"], nets["ta_lose"], cond, x_init, batch["gt"],
+                                            torch.Generator().manual_seed(5))
+    params = [p for p in nets["student"].parameters() if p.requires_grad]
+    whole = torch.cat([g.reshape(-1) for g in torch.autograd.grad(student_surrogate(G_w, G_l, g_w, g_l), params)])
+    assert torch.allclose(parts["grad_w"] - parts["grad_l"], whole.double(), rtol=1e-4, atol=1e-9)
+    assert float(parts["grad_w"].norm()) > 0
+
+    out = tmp_path / "report" / "grad"
+    assert ddpo_gradient.main(["--weights", str(weights), "--config", str(cfg_path), "--scenes", "2", "--draws", "2",
+                               "--out", str(out)]) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert len(record["rows"]) == 2 and -1 <= record["summary"]["cos_w_l"]["mean"] <= 1
+    assert "cosine of the DDPO update between two draws" in out.with_suffix(".md").read_text()

@@ -39,6 +39,33 @@ from .student import clamp_far, frozen_condition, pair_samples, trained_mode, us
 from .validation import validator
 
 
+def _noised(cfg, schedule, x0, t, noise):
+    """x0 + sigma_t noise on x0's device; x0 without gradient, far outliers clipped (student.clamp_far)."""
+    return add_local_noise(schedule, clamp_far(x0, cfg.completion.max_range), t.to(x0.device), noise.to(x0.device))
+
+
+def student_pair(cfg, schedule, student, teacher, ta_win, ta_lose, cond, x_init, gt, generator):
+    """Eq. 18's ingredients: the ranked pair (G_w, G_l) with the graph to the student, and g per side
+    (no graph) at one shared t and noise; plus the pair's scores and whether the lam sample won.
+    The TAs run in eval mode; the student in whatever mode the caller put it."""
+    d = cfg.distill
+    G_w, G_l, scores, lam_won = pair_samples(student, cond, x_init, gt, d.lam, schedule, generator, d.preference,
+                                             uses_ve(cfg))
+    t = torch.randint(0, schedule.num_train_timesteps, (len(gt),), generator=generator)
+    n = torch.randn(G_w.shape, generator=generator)
+    with torch.no_grad():
+        ta_win.eval()
+        ta_lose.eval()
+        x_wt, x_lt = _noised(cfg, schedule, G_w.detach(), t, n), _noised(cfg, schedule, G_l.detach(), t, n)
+        td = t.to(x_wt.device)
+        e_w, e_l = teacher(x_wt, cond, td), teacher(x_lt, cond, td)
+        g_w, g_l = e_w - ta_win(x_wt, cond, td), e_l - ta_lose(x_lt, cond, td)
+        if d.g_weighting == "dmd":
+            sigma = schedule.sigma(t).to(x_wt.device)
+            g_w, g_l = dmd_normalise(g_w, G_w, x_wt, e_w, sigma), dmd_normalise(g_l, G_l, x_lt, e_l, sigma)
+    return G_w, G_l, g_w, g_l, scores, lam_won
+
+
 def build(cfg, run: Run, train_set, val_set) -> Stage:
     nets = load_teacher(cfg, run.device)
     encoder, teacher = nets["encoder"], nets["teacher"]
@@ -53,9 +80,8 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
     d, g, reps = cfg.distill, run.generator, cfg.completion.replication
     T, ve, freeze = schedule.num_train_timesteps, uses_ve(cfg), cfg.distill.freeze_bn
 
-    def noised(x0, t, noise):  # x0 without gradient; far outliers clipped (student.clamp_far)
-        return add_local_noise(schedule, clamp_far(x0, cfg.completion.max_range), t.to(run.device),
-                               noise.to(run.device))
+    def noised(x0, t, noise):
+        return _noised(cfg, schedule, x0, t, noise)
 
     def step(batch) -> dict[str, float]:
         partial, gt, cond = frozen_condition(encoder, [teacher], batch, run.device)
@@ -76,19 +102,8 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
         out["loss/ta"] = loss_ta.item()
 
         trained_mode(student, freeze)  # the reference samples in train mode (batch statistics)
-        G_w, G_l, scores, lam_won = pair_samples(g_student, cond, x_init, gt, d.lam, schedule, g, d.preference, ve)
-        t = torch.randint(0, T, (len(gt),), generator=g)
-        n = torch.randn(G_w.shape, generator=g)
-        with torch.no_grad():
-            ta_win.eval()
-            ta_lose.eval()
-            x_wt, x_lt = noised(G_w.detach(), t, n), noised(G_l.detach(), t, n)
-            td = t.to(run.device)
-            e_w, e_l = teacher(x_wt, cond, td), teacher(x_lt, cond, td)
-            g_w, g_l = e_w - ta_win(x_wt, cond, td), e_l - ta_lose(x_lt, cond, td)
-            if d.g_weighting == "dmd":
-                sigma = schedule.sigma(t).to(run.device)
-                g_w, g_l = dmd_normalise(g_w, G_w, x_wt, e_w, sigma), dmd_normalise(g_l, G_l, x_lt, e_l, sigma)
+        G_w, G_l, g_w, g_l, scores, lam_won = student_pair(cfg, schedule, g_student, teacher, ta_win, ta_lose,
+                                                           cond, x_init, gt, g)
         loss = student_surrogate(G_w, G_l, g_w, g_l, d.omega or None)
         out["grad_norm/student"] = run.optimise(opt_student, loss, student.parameters())
         out.update({"loss/student_surrogate": loss.item(), "preference/winner": scores[:, 0].mean().item(),

@@ -1,0 +1,163 @@
+"""What Distillation-DPO's student gradient is made of: the winner's pull, the loser's push, and noise.
+
+    python tools/ddpo_gradient.py --weights runs/distill/weights.safetensors --scenes 4 --draws 2
+
+Eq. 18's gradient is the difference of two terms, grad_w = d/d eta (g_w . G_w) / omega (the
+winner pulled towards the teacher) and grad_l = d/d eta (g_l . G_l) / omega (the loser pushed
+away). The pair comes from ONE noise at lam 1 and lam (1.1), so the two samples, and the two
+terms, are nearly the same: the update is what is left after they cancel. Per scene and noise
+draw this measures, over the student's parameters:
+  - |grad_w|, |grad_l| and their cosine;
+  - |grad_w - grad_l| / |grad_w|: the fraction of one side that survives the cancellation;
+  - across two independent draws for the same scene, the cosine of the DDPO updates (grad_w -
+    grad_l) and of the one-sided updates (grad_w alone, score distillation's form): near 0 means
+    the update direction is noise that another draw would not repeat.
+The weights need the roles encoder, teacher, student, ta_win and ta_lose: a `distill` stage's
+checkpoint. Everything runs as the stage does (training/distill.student_pair; the student in the
+mode distill.freeze_bn gives it). Writes OUT.json and OUT.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import default_collate
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from ddpo_ros.checkpoint import build_models, load_checkpoint  # noqa: E402
+from ddpo_ros.diffusion import schedule_from_config  # noqa: E402
+from training.config import load_train_config  # noqa: E402
+from training.data.sets import build_sets  # noqa: E402
+from training.distill import student_pair  # noqa: E402
+from training.student import frozen_condition, trained_mode  # noqa: E402
+
+ROLES = ["encoder", "teacher", "student", "ta_win", "ta_lose"]
+
+
+def _flat(grads) -> torch.Tensor:
+    return torch.cat([g.reshape(-1) for g in grads if g is not None]).double()
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-300))
+
+
+def scene_gradients(cfg, nets: dict, batch: dict, generator: torch.Generator) -> dict:
+    """The winner's and the loser's parameter gradients for one scene and one noise draw."""
+    schedule = schedule_from_config(cfg.diffusion)
+    student = nets["student"]
+    partial, gt, cond = frozen_condition(nets["encoder"], [nets["teacher"]], batch, "cpu")
+    x_init = partial.repeat(1, cfg.completion.replication, 1)
+    trained_mode(student, cfg.distill.freeze_bn)
+    G_w, G_l, g_w, g_l, scores, lam_won = student_pair(cfg, schedule, student, nets["teacher"], nets["ta_win"],
+                                                       nets["ta_lose"], cond, x_init, gt, generator)
+    omega = cfg.distill.omega or float(G_w.numel())
+    params = [p for p in student.parameters() if p.requires_grad]
+    grad_w = _flat(torch.autograd.grad((g_w * G_w).sum() / omega, params, retain_graph=True, allow_unused=True))
+    grad_l = _flat(torch.autograd.grad((g_l * G_l).sum() / omega, params, allow_unused=True))
+    return {"grad_w": grad_w, "grad_l": grad_l, "winner_cd": float(scores[0, 0]), "loser_cd": float(scores[0, 1]),
+            "lam_won": lam_won}
+
+
+def measure(cfg, nets: dict, scenes: list[dict], draws: int, seed: int) -> list[dict]:
+    rows = []
+    generator = torch.Generator().manual_seed(seed)
+    for i, batch in enumerate(scenes):
+        per_draw = [scene_gradients(cfg, nets, batch, generator) for _ in range(draws)]
+        net = [d["grad_w"] - d["grad_l"] for d in per_draw]
+        row = {"scene": i, "draws": []}
+        for d, update in zip(per_draw, net):
+            row["draws"].append({"grad_w_norm": float(d["grad_w"].norm()), "grad_l_norm": float(d["grad_l"].norm()),
+                                 "cos_w_l": _cos(d["grad_w"], d["grad_l"]),
+                                 "surviving": float(update.norm() / d["grad_w"].norm().clamp_min(1e-300)),
+                                 "winner_cd": d["winner_cd"], "loser_cd": d["loser_cd"], "lam_won": d["lam_won"]})
+        pairs = [(a, b) for a in range(draws) for b in range(a + 1, draws)]
+        row["cos_between_draws_ddpo"] = [_cos(net[a], net[b]) for a, b in pairs]
+        row["cos_between_draws_winner_only"] = [_cos(per_draw[a]["grad_w"], per_draw[b]["grad_w"]) for a, b in pairs]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def summary(rows: list[dict]) -> dict:
+    draws = [d for r in rows for d in r["draws"]]
+
+    def stat(values) -> dict:
+        return {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values))}
+    out = {k: stat([d[k] for d in draws]) for k in ("cos_w_l", "surviving", "grad_w_norm", "grad_l_norm")}
+    for k in ("cos_between_draws_ddpo", "cos_between_draws_winner_only"):
+        values = [c for r in rows for c in r[k]]
+        if values:
+            out[k] = stat(values)
+    out["lam_won"] = float(np.mean([d["lam_won"] for d in draws]))
+    return out
+
+
+def write(out: Path, record: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+    s = record["summary"]
+    lines = [f"# Distillation-DPO's student gradient, winner against loser ({record['date']})", "",
+             f"Weights `{record['weights']}`, {record['scenes']} training scenes x {record['draws']} noise draws, "
+             f"{record['points']} points per sample, distill.g_weighting {record['g_weighting']}, "
+             f"lam {record['lam']}. `python tools/ddpo_gradient.py` (module docstring).", "",
+             "| quantity | mean | min | max |", "|---|---|---|---|"]
+    names = {"cos_w_l": "cosine(grad_w, grad_l)", "surviving": "abs(grad_w - grad_l) / abs(grad_w)",
+             "grad_w_norm": "abs(grad_w)", "grad_l_norm": "abs(grad_l)",
+             "cos_between_draws_ddpo": "cosine of the DDPO update between two draws",
+             "cos_between_draws_winner_only": "cosine of the winner-only update between two draws"}
+    for key, name in names.items():
+        if key in s:
+            lines.append(f"| {name} | {s[key]['mean']:.4g} | {s[key]['min']:.4g} | {s[key]['max']:.4g} |")
+    lines += ["", f"The lam sample won {100 * s['lam_won']:.0f}% of the pairs."]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--weights", required=True, help="a distill checkpoint (roles " + ", ".join(ROLES) + ")")
+    p.add_argument("--config", default=str(REPO / "config" / "train" / "distill_mini.yaml"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("--scenes", type=int, default=4)
+    p.add_argument("--draws", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="bench/ddpo_gradient")
+    args = p.parse_args(argv)
+    if args.draws < 1 or args.scenes < 1:
+        p.error("--scenes and --draws must be >= 1")
+    overrides = {"data.num_workers": 0, "data.augment": False, "distill.teacher": args.weights}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)  # YAML syntax, as train.py --set
+    cfg = load_train_config(args.config, overrides)
+    ckpt = load_checkpoint(args.weights)
+    missing = [r for r in ROLES if r not in ckpt.state]
+    if missing:
+        sys.exit(f"{args.weights}: no role(s) {', '.join(missing)}: give a distill stage's checkpoint")
+    nets = build_models(ckpt, ROLES, device="cpu")
+    for role in ("encoder", "teacher", "ta_win", "ta_lose"):
+        nets[role].requires_grad_(False)
+    train_set, _ = build_sets(cfg)
+    scenes = [default_collate([train_set[i]]) for i in range(min(args.scenes, len(train_set)))]
+    torch.manual_seed(args.seed)  # entry point
+    rows = measure(cfg, nets, scenes, args.draws, args.seed)
+    record = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "weights": str(args.weights),
+              "scenes": len(scenes), "draws": args.draws,
+              "points": cfg.completion.num_points * cfg.completion.replication,
+              "g_weighting": cfg.distill.g_weighting, "lam": cfg.distill.lam, "summary": summary(rows), "rows": rows}
+    write(Path(args.out), record)
+    print(json.dumps(record["summary"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
