@@ -202,10 +202,15 @@ def test_ddpo_gradient_tool_splits_the_student_gradient_into_winner_and_loser(tm
     whole = torch.cat([g.reshape(-1) for g in torch.autograd.grad(student_surrogate(G_w, G_l, g_w, g_l), params)])
     assert torch.allclose(parts["grad_w"] - parts["grad_l"], whole.double(), rtol=1e-4, atol=1e-9)
     assert float(parts["grad_w"].norm()) > 0
+    moved = ddpo_gradient.random_move(nets["teacher"], nets["student"], torch.Generator().manual_seed(0))
+    for a, b, c in zip(nets["teacher"].parameters(), nets["student"].parameters(), moved.parameters()):
+        assert torch.allclose((c - a).norm(), (b - a).norm(), rtol=1e-3, atol=1e-6)  # same distance per tensor
 
     out = tmp_path / "report" / "grad"
     assert ddpo_gradient.main(["--weights", str(weights), "--config", str(cfg_path), "--scenes", "2", "--draws", "2",
-                               "--out", str(out)]) == 0
+                               "--control", "--out", str(out)]) == 0
     record = json.loads(out.with_suffix(".json").read_text())
     assert len(record["rows"]) == 2 and -1 <= record["summary"]["cos_w_l"]["mean"] <= 1
     assert "cosine of the DDPO update between two draws" in out.with_suffix(".md").read_text()
+    control = record["control"]
+    assert set(control) == {"teacher", "student", "random move"} and all(len(v["cd"]) == 2 for v in control.values())

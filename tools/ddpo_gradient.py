@@ -12,6 +12,10 @@ draw this measures, over the student's parameters:
   - across two independent draws for the same scene, the cosine of the DDPO updates (grad_w -
     grad_l) and of the one-sided updates (grad_w alone, score distillation's form): near 0 means
     the update direction is noise that another draw would not repeat.
+--control adds the test of whether the student's training moved it anywhere useful: the one-step
+sample's CD (lam 1, the same noises) of the teacher, of the student, and of the teacher moved in
+a random direction by exactly the student's distance, tensor by tensor (BatchNorm statistics kept).
+A student no better than that random move has learned nothing its optimiser's noise would not give.
 The weights need the roles encoder, teacher, student, ta_win and ta_lose: a `distill` stage's
 checkpoint. Everything runs as the stage does (training/distill.student_pair; the student in the
 mode distill.freeze_bn gives it). Writes OUT.json and OUT.md.
@@ -66,6 +70,37 @@ def scene_gradients(cfg, nets: dict, batch: dict, generator: torch.Generator) ->
             "lam_won": lam_won}
 
 
+def random_move(reference: torch.nn.Module, moved: torch.nn.Module, generator: torch.Generator) -> torch.nn.Module:
+    """A copy of `reference` moved in a random direction by the L2 distance `moved` is from it, per tensor."""
+    import copy
+    out = copy.deepcopy(reference)
+    with torch.no_grad():
+        for (name, p), q in zip(out.named_parameters(), moved.parameters()):
+            step = (q - p).norm()
+            direction = torch.randn(p.shape, generator=generator)
+            p.add_(direction * step / direction.norm().clamp_min(1e-30))
+    return out
+
+
+def one_step_cds(cfg, nets: dict, models: dict, scenes: list[dict], seed: int) -> dict[str, list[float]]:
+    """CD of each model's one-step sample (lam 1) per scene, the same noises for every model."""
+    from ddpo_ros.datasets.ground_truth import chamfer_distance
+    from training.student import one_step_generate, uses_ve
+    schedule = schedule_from_config(cfg.diffusion)
+    out = {name: [] for name in models}
+    with torch.no_grad():
+        for i, batch in enumerate(scenes):
+            _, gt, cond = frozen_condition(nets["encoder"], [nets["teacher"]], batch, "cpu")
+            x_init = batch["partial"].repeat(1, cfg.completion.replication, 1)
+            for name, model in models.items():
+                g = torch.Generator().manual_seed(seed * 1000 + i)
+                noise = torch.randn(x_init.shape, generator=g)
+                trained_mode(model, cfg.distill.freeze_bn)
+                sample = one_step_generate(model, cond, x_init, noise, 1.0, schedule, generator=g, ve=uses_ve(cfg))
+                out[name].append(chamfer_distance(sample[0].numpy().astype(np.float64), gt[0].numpy()))
+    return out
+
+
 def measure(cfg, nets: dict, scenes: list[dict], draws: int, seed: int) -> list[dict]:
     rows = []
     generator = torch.Generator().manual_seed(seed)
@@ -117,6 +152,11 @@ def write(out: Path, record: dict) -> None:
         if key in s:
             lines.append(f"| {name} | {s[key]['mean']:.4g} | {s[key]['min']:.4g} | {s[key]['max']:.4g} |")
     lines += ["", f"The lam sample won {100 * s['lam_won']:.0f}% of the pairs."]
+    if "control" in record:
+        lines += ["", "One-step sample (lam 1, the same noises), CD in m per scene:", "",
+                  "| model | mean | per scene |", "|---|---:|---|"]
+        for name, v in record["control"].items():
+            lines.append(f"| {name} | {v['mean']:.4f} | {' '.join(f'{x:.3f}' for x in v['cd'])} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -128,6 +168,7 @@ def main(argv=None) -> int:
     p.add_argument("--scenes", type=int, default=4)
     p.add_argument("--draws", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--control", action="store_true", help="also the random-move control (module docstring)")
     p.add_argument("--out", default="bench/ddpo_gradient")
     args = p.parse_args(argv)
     if args.draws < 1 or args.scenes < 1:
@@ -154,6 +195,12 @@ def main(argv=None) -> int:
               "scenes": len(scenes), "draws": args.draws,
               "points": cfg.completion.num_points * cfg.completion.replication,
               "g_weighting": cfg.distill.g_weighting, "lam": cfg.distill.lam, "summary": summary(rows), "rows": rows}
+    if args.control:
+        moved = random_move(nets["teacher"], nets["student"], torch.Generator().manual_seed(args.seed))
+        models = {"teacher": nets["teacher"], "student": nets["student"], "random move": moved}
+        cds = one_step_cds(cfg, nets, models, scenes, args.seed)
+        record["control"] = {name: {"cd": v, "mean": float(np.mean(v))} for name, v in cds.items()}
+        print(json.dumps({k: v["mean"] for k, v in record["control"].items()}), flush=True)
     write(Path(args.out), record)
     print(json.dumps(record["summary"], indent=1))
     return 0
