@@ -256,6 +256,12 @@ def test_descent_moves_the_winner_to_the_teacher_and_the_loser_away():
     assert float((m_w - grad_w).norm()) < float(m_w.norm())  # one SGD step: the winner nears the teacher's mean 0
     assert float((m_l - grad_l).norm()) > float(m_l.norm())  # and the loser leaves it
     assert float((m_w - grad_sd).norm()) < float(m_w.norm())
+    # loser_weight scales the loser's push; 0 leaves the winner's pull, score distillation's gradient
+    m_w, m_l = m_w.clone().requires_grad_(), m_l.clone().requires_grad_()
+    half_w, half_l = torch.autograd.grad(student_surrogate(m_w + z, m_l + z, g_w, g_l, loser_weight=0.5), (m_w, m_l))
+    assert torch.allclose(half_w, grad_w) and torch.allclose(half_l, 0.5 * grad_l)
+    only_w, = torch.autograd.grad(student_surrogate(m_w + z, m_l + z, g_w, g_l, loser_weight=0.0), m_w)
+    assert torch.allclose(only_w, grad_sd)
 
 
 def test_dmd_normalise_is_the_clean_cloud_difference_per_unit_distance():

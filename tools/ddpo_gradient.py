@@ -8,7 +8,8 @@ away). The pair comes from ONE noise at lam 1 and lam (1.1), so the two samples,
 terms, are nearly the same: the update is what is left after they cancel. Per scene and noise
 draw this measures, over the student's parameters:
   - |grad_w|, |grad_l| and their cosine;
-  - |grad_w - grad_l| / |grad_w|: the fraction of one side that survives the cancellation;
+  - |grad_w - grad_l| / |grad_w|: the fraction of one side that survives the cancellation, and the
+    cosine of the update with grad_w (negative: the loser's push wins and drags the winner along);
   - across two independent draws for the same scene, the cosine of the DDPO updates (grad_w -
     grad_l) and of the one-sided updates (grad_w alone, score distillation's form): near 0 means
     the update direction is noise that another draw would not repeat.
@@ -106,12 +107,13 @@ def measure(cfg, nets: dict, scenes: list[dict], draws: int, seed: int) -> list[
     generator = torch.Generator().manual_seed(seed)
     for i, batch in enumerate(scenes):
         per_draw = [scene_gradients(cfg, nets, batch, generator) for _ in range(draws)]
-        net = [d["grad_w"] - d["grad_l"] for d in per_draw]
+        net = [d["grad_w"] - cfg.distill.loser_weight * d["grad_l"] for d in per_draw]
         row = {"scene": i, "draws": []}
         for d, update in zip(per_draw, net):
             row["draws"].append({"grad_w_norm": float(d["grad_w"].norm()), "grad_l_norm": float(d["grad_l"].norm()),
                                  "cos_w_l": _cos(d["grad_w"], d["grad_l"]),
                                  "surviving": float(update.norm() / d["grad_w"].norm().clamp_min(1e-300)),
+                                 "cos_update_w": _cos(update, d["grad_w"]),
                                  "winner_cd": d["winner_cd"], "loser_cd": d["loser_cd"], "lam_won": d["lam_won"]})
         pairs = [(a, b) for a in range(draws) for b in range(a + 1, draws)]
         row["cos_between_draws_ddpo"] = [_cos(net[a], net[b]) for a, b in pairs]
@@ -126,7 +128,8 @@ def summary(rows: list[dict]) -> dict:
 
     def stat(values) -> dict:
         return {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values))}
-    out = {k: stat([d[k] for d in draws]) for k in ("cos_w_l", "surviving", "grad_w_norm", "grad_l_norm")}
+    out = {k: stat([d[k] for d in draws])
+           for k in ("cos_w_l", "surviving", "cos_update_w", "grad_w_norm", "grad_l_norm")}
     for k in ("cos_between_draws_ddpo", "cos_between_draws_winner_only"):
         values = [c for r in rows for c in r[k]]
         if values:
@@ -142,9 +145,11 @@ def write(out: Path, record: dict) -> None:
     lines = [f"# Distillation-DPO's student gradient, winner against loser ({record['date']})", "",
              f"Weights `{record['weights']}`, {record['scenes']} training scenes x {record['draws']} noise draws, "
              f"{record['points']} points per sample, distill.g_weighting {record['g_weighting']}, "
-             f"lam {record['lam']}. `python tools/ddpo_gradient.py` (module docstring).", "",
+             f"lam {record['lam']}, loser weight {record['loser_weight']}. "
+             "`python tools/ddpo_gradient.py` (module docstring).", "",
              "| quantity | mean | min | max |", "|---|---|---|---|"]
     names = {"cos_w_l": "cosine(grad_w, grad_l)", "surviving": "abs(grad_w - grad_l) / abs(grad_w)",
+             "cos_update_w": "cosine(update, grad_w): does the update follow the winner's pull?",
              "grad_w_norm": "abs(grad_w)", "grad_l_norm": "abs(grad_l)",
              "cos_between_draws_ddpo": "cosine of the DDPO update between two draws",
              "cos_between_draws_winner_only": "cosine of the winner-only update between two draws"}
@@ -194,7 +199,8 @@ def main(argv=None) -> int:
     record = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "weights": str(args.weights),
               "scenes": len(scenes), "draws": args.draws,
               "points": cfg.completion.num_points * cfg.completion.replication,
-              "g_weighting": cfg.distill.g_weighting, "lam": cfg.distill.lam, "summary": summary(rows), "rows": rows}
+              "g_weighting": cfg.distill.g_weighting, "lam": cfg.distill.lam,
+              "loser_weight": cfg.distill.loser_weight, "summary": summary(rows), "rows": rows}
     if args.control:
         moved = random_move(nets["teacher"], nets["student"], torch.Generator().manual_seed(args.seed))
         models = {"teacher": nets["teacher"], "student": nets["student"], "random move": moved}

@@ -130,10 +130,14 @@ class DistillConfig:
     # How g = eps_teacher - eps_ta weighs steps t and scenes: "eps" as the paper writes Eq. 18 (small
     # t dominate: 1/sigma_t), "dmd" in clean-cloud units normalised per sample (training/losses.dmd_normalise).
     g_weighting: Literal["eps", "dmd"] = "eps"
+    # Weight of Eq. 18's loser term (the paper: 1). The loser (the lam sample) lies further from the
+    # teacher than the winner, so its push outweighs the winner's pull (tools/ddpo_gradient.py).
+    loser_weight: float = 1.0
 
     def __post_init__(self):
         _check(self.lam > 0, "distill.lam", "must be > 0")
         _check(self.g_weighting in ("eps", "dmd"), "distill.g_weighting", "must be 'eps' or 'dmd'")
+        _check(self.loser_weight >= 0, "distill.loser_weight", "must be >= 0")
         _check(self.ta_lr > 0, "distill.ta_lr", "must be > 0")
         _check(self.ta_steps >= 1, "distill.ta_steps", "must be >= 1")
         _check(self.omega >= 0, "distill.omega", "must be >= 0")

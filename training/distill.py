@@ -104,7 +104,7 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
         trained_mode(student, freeze)  # the reference samples in train mode (batch statistics)
         G_w, G_l, g_w, g_l, scores, lam_won = student_pair(cfg, schedule, g_student, teacher, ta_win, ta_lose,
                                                            cond, x_init, gt, g)
-        loss = student_surrogate(G_w, G_l, g_w, g_l, d.omega or None)
+        loss = student_surrogate(G_w, G_l, g_w, g_l, d.omega or None, d.loser_weight)
         out["grad_norm/student"] = run.optimise(opt_student, loss, student.parameters())
         out.update({"loss/student_surrogate": loss.item(), "preference/winner": scores[:, 0].mean().item(),
                     "preference/loser": scores[:, 1].mean().item(),

@@ -112,10 +112,10 @@ def diffusion_dpo_loss(model_err_w: Tensor, model_err_l: Tensor, ref_err_w: Tens
 
 
 def student_surrogate(sample_w: Tensor, sample_l: Tensor, g_w: Tensor, g_l: Tensor,
-                      omega: float | None = None) -> Tensor:
+                      omega: float | None = None, loser_weight: float = 1.0) -> Tensor:
     """Distillation-DPO student surrogate (Eq. 18); its gradient w.r.t. the student's eta is
 
-        (1/omega) [ g_w . dG_w/d eta  -  g_l . dG_l/d eta ],
+        (1/omega) [ g_w . dG_w/d eta  -  c g_l . dG_l/d eta ],   c = loser_weight (Eq. 18: 1),
 
     G_w, G_l the student's one-step samples (with graph), g = eps_teacher(x_t) - eps_ta(x_t) at
     x_t = G + sigma_t n (shared t and n, computed without grad; ta_win for w, ta_lose for l).
@@ -128,12 +128,13 @@ def student_surrogate(sample_w: Tensor, sample_l: Tensor, g_w: Tensor, g_l: Tens
     from the teacher. The released code's term order (winner minus loser) agrees with this one.
 
     omega defaults to sample_w.numel(): the released code averages each term over all B*N*3
-    elements, so the gradient has that scale.
+    elements, so the gradient has that scale. loser_weight < 1 weakens the push on the loser
+    (distill.loser_weight; 0 leaves the winner's pull alone, score distillation with the winner's TA).
     """
     if sample_w.shape != sample_l.shape or g_w.shape != sample_w.shape or g_l.shape != sample_l.shape:
         raise ValueError("samples and score differences must all have the same shape")
     omega = float(sample_w.numel()) if omega is None else float(omega)
-    return ((g_w.detach() * sample_w).sum() - (g_l.detach() * sample_l).sum()) / omega
+    return ((g_w.detach() * sample_w).sum() - loser_weight * (g_l.detach() * sample_l).sum()) / omega
 
 
 def dmd_normalise(g: Tensor, sample: Tensor, x_t: Tensor, eps_teacher: Tensor, sigma: Tensor) -> Tensor:
