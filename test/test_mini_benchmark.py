@@ -101,9 +101,11 @@ def test_main_trains_every_student_and_scores_every_row(mb, tmp_path, monkeypatc
     monkeypatch.setattr(mb, "evaluate", fake_evaluate)
     monkeypatch.setattr(mb, "REPO", tmp_path)
     assert mb.main(["--teacher", str(teacher), "--out", str(tmp_path / "runs"), "--seeds", "2", "--lams", "1.2",
-                    "--resamples", "200"]) == 0
+                    "--loser-weights", "0.5", "--resamples", "200"]) == 0
     runs = sorted(r[2] for r in trained)
-    assert runs == ["distill_jsd", "distill_lam1.2", "distill_s0", "distill_s1", "score_s0", "score_s1"]
+    assert runs == ["distill_jsd", "distill_lam1.2", "distill_lw0.5", "distill_s0", "distill_s1",
+                    "score_s0", "score_s1"]
+    assert any("distill.loser_weight=0.5" in r[3] for r in trained if r[2] == "distill_lw0.5")
     assert all(f"distill.teacher={teacher.resolve()}" in r[3] for r in trained)
     result = json.loads((tmp_path / "bench" / "mini_benchmark.json").read_text())
     labels = [(r["model"], r["steps"], r["seeds"]) for r in result["rows"]]

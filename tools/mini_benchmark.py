@@ -6,7 +6,7 @@ mini teacher of config/train/teacher_mini.yaml):
 
 1. students, --student-steps optimiser steps each: Distillation-DPO (distill_mini.yaml) and score
    distillation (score_distill_mini.yaml) for each of --seeds seeds; the ablations with seed 0:
-   distill.lam in --lams and distill.preference jsd;
+   distill.lam in --lams, distill.preference jsd and distill.loser_weight in --loser-weights;
 2. every model scored by `train.py evaluate` without the refiner (as the reference evaluates) on
    --synthetic held-out synthetic scenes and on KITTI frames 10/20/30 of kitti_seq00_0_39, which no
    stage trains on: teacher --teacher-steps and 8 steps, score distillation 8, Distillation-DPO 8/4/2/1;
@@ -145,6 +145,8 @@ def main(argv=None) -> int:
     p.add_argument("--student-steps", type=int, default=100)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--lams", default="1.05,1.2,1.5", help="Table 5's lambda sweep (seed 0; 1.1 is the main run)")
+    p.add_argument("--loser-weights", default="0.5,0",
+                   help="distill.loser_weight ablation (seed 0): the loser's push outweighs the winner's pull")
     p.add_argument("--no-ablations", action="store_true")
     p.add_argument("--teacher-steps", type=int, default=50, help="the teacher's long row (and its 8-step row)")
     p.add_argument("--synthetic", type=int, default=8, help="held-out synthetic scenes scored")
@@ -168,6 +170,9 @@ def main(argv=None) -> int:
                                               f"distill.lam={lam}") for lam in args.lams.split(",") if lam]
     ablations += [] if args.no_ablations else [("Distillation-DPO, JSD preference", "distill_jsd",
                                                 "distill.preference=jsd")]
+    ablations += [] if args.no_ablations else [
+        (f"Distillation-DPO, loser weight {w}", f"distill_lw{w}", f"distill.loser_weight={w}")
+        for w in args.loser_weights.split(",") if w]
     for label, run, setting in ablations:
         students[(label, 0)] = train("distill", run, setting, "train.seed=0")
 
