@@ -214,3 +214,5 @@ def test_ddpo_gradient_tool_splits_the_student_gradient_into_winner_and_loser(tm
     assert "cosine of the DDPO update between two draws" in out.with_suffix(".md").read_text()
     control = record["control"]
     assert set(control) == {"teacher", "student", "random move"} and all(len(v["cd"]) == 2 for v in control.values())
+    mse = record["noise_mse"]
+    assert set(mse) == {"ground truth", "student samples"} and all(0 < v < 10 for m in mse.values() for v in m.values())

@@ -17,6 +17,8 @@ draw this measures, over the student's parameters:
 sample's CD (lam 1, the same noises) of the teacher, of the student, and of the teacher moved in
 a random direction by exactly the student's distance, tensor by tensor (BatchNorm statistics kept).
 A student no better than that random move has learned nothing its optimiser's noise would not give.
+It also scores the noise MSE of the teacher and the TAs on ground-truth scenes and on the student's
+samples: a TA better than the teacher on the ground truth learned to denoise, not the student.
 The weights need the roles encoder, teacher, student, ta_win and ta_lose: a `distill` stage's
 checkpoint. Everything runs as the stage does (training/distill.student_pair; the student in the
 mode distill.freeze_bn gives it). Writes OUT.json and OUT.md.
@@ -102,6 +104,38 @@ def one_step_cds(cfg, nets: dict, models: dict, scenes: list[dict], seed: int) -
     return out
 
 
+CONTROL_STEPS = (50, 250, 500, 750, 950)
+
+
+def noise_mses(cfg, nets: dict, scenes: list[dict], seed: int) -> dict[str, dict[str, float]]:
+    """Noise MSE of teacher and TAs on ground-truth scenes and on the student's one-step samples,
+    the same t (CONTROL_STEPS) and noises for every network. A TA that beats the teacher on the
+    ground truth too has learned to denoise better in general, not the student's distribution, and
+    g = eps_teacher - eps_ta then carries that improvement, pointing the student away from it."""
+    from ddpo_ros.diffusion import add_local_noise
+    from training.student import one_step_generate, uses_ve
+    schedule = schedule_from_config(cfg.diffusion)
+    roles = ("teacher", "ta_win", "ta_lose")
+    sums = {src: dict.fromkeys(roles, 0.0) for src in ("ground truth", "student samples")}
+    with torch.no_grad():
+        for i, batch in enumerate(scenes):
+            _, gt, cond = frozen_condition(nets["encoder"], [nets[r] for r in roles], batch, "cpu")
+            g = torch.Generator().manual_seed(seed * 1000 + i)
+            x_init = batch["partial"].repeat(1, cfg.completion.replication, 1)
+            trained_mode(nets["student"], cfg.distill.freeze_bn)
+            sample = one_step_generate(nets["student"], cond, x_init, torch.randn(x_init.shape, generator=g), 1.0,
+                                       schedule, generator=g, ve=uses_ve(cfg))
+            for src, x0 in (("ground truth", gt), ("student samples", sample)):
+                for t in CONTROL_STEPS:
+                    n = torch.randn(x0.shape, generator=g)
+                    steps = torch.full((len(x0),), t, dtype=torch.long)
+                    x_t = add_local_noise(schedule, x0, steps, n)
+                    for r in roles:
+                        sums[src][r] += float((nets[r](x_t, cond, steps) - n).square().mean())
+    count = len(scenes) * len(CONTROL_STEPS)
+    return {src: {r: v / count for r, v in per.items()} for src, per in sums.items()}
+
+
 def measure(cfg, nets: dict, scenes: list[dict], draws: int, seed: int) -> list[dict]:
     rows = []
     generator = torch.Generator().manual_seed(seed)
@@ -162,6 +196,12 @@ def write(out: Path, record: dict) -> None:
                   "| model | mean | per scene |", "|---|---:|---|"]
         for name, v in record["control"].items():
             lines.append(f"| {name} | {v['mean']:.4f} | {' '.join(f'{x:.3f}' for x in v['cd'])} |")
+    if "noise_mse" in record:
+        steps = ", ".join(map(str, CONTROL_STEPS))
+        lines += ["", f"Noise MSE (t = {steps}; the same noises for every network):", "",
+                  "| data | teacher | ta_win | ta_lose |", "|---|---:|---:|---:|"]
+        for src, v in record["noise_mse"].items():
+            lines.append(f"| {src} | {v['teacher']:.4f} | {v['ta_win']:.4f} | {v['ta_lose']:.4f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -207,6 +247,8 @@ def main(argv=None) -> int:
         cds = one_step_cds(cfg, nets, models, scenes, args.seed)
         record["control"] = {name: {"cd": v, "mean": float(np.mean(v))} for name, v in cds.items()}
         print(json.dumps({k: v["mean"] for k, v in record["control"].items()}), flush=True)
+        record["noise_mse"] = noise_mses(cfg, nets, scenes, args.seed)
+        print(json.dumps(record["noise_mse"]), flush=True)
     write(Path(args.out), record)
     print(json.dumps(record["summary"], indent=1))
     return 0
