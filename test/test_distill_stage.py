@@ -216,3 +216,24 @@ def test_ddpo_gradient_tool_splits_the_student_gradient_into_winner_and_loser(tm
     assert set(control) == {"teacher", "student", "random move"} and all(len(v["cd"]) == 2 for v in control.values())
     mse = record["noise_mse"]
     assert set(mse) == {"ground truth", "student samples"} and all(0 < v < 10 for m in mse.values() for v in m.values())
+
+
+def test_real_ta_learns_the_ground_truth_and_is_saved(tmp_path, teacher_weights):
+    """distill.real_ta: a teacher copy (role ta_real) trains with the TAs on the ground truth; the frozen
+    teacher stays as it was, and the checkpoint holds the copy."""
+    from torch.utils.data import default_collate
+
+    from training import distill
+    from training.config import load_train_config
+    from training.data.sets import build_sets
+    from training.loop import setup
+    cfg = load_train_config(config(tmp_path, "distill", teacher_weights, distill={"real_ta": True}), {})
+    train_set, _ = build_sets(cfg)
+    stage = distill.build(cfg, train_set=train_set, val_set=None, run=setup(cfg, tmp_path / "run"))
+    before = {k: v.clone() for k, v in stage.models["teacher"].state_dict().items()}
+    logs = stage.step(default_collate([train_set[0]]))
+    assert math.isfinite(logs["loss/ta"]) and "ta_real" in stage.models
+    real, teacher = stage.models["ta_real"].state_dict(), stage.models["teacher"].state_dict()
+    assert all(torch.equal(teacher[k], before[k]) for k in before)
+    assert any(not torch.equal(real[k], before[k]) for k in before if "running" not in k)
+    assert logs["g/winner_norm"] > 0  # the real side moved, so g is no longer 0 at the first step

@@ -63,7 +63,8 @@ def scene_gradients(cfg, nets: dict, batch: dict, generator: torch.Generator) ->
     partial, gt, cond = frozen_condition(nets["encoder"], [nets["teacher"]], batch, "cpu")
     x_init = partial.repeat(1, cfg.completion.replication, 1)
     trained_mode(student, cfg.distill.freeze_bn)
-    G_w, G_l, g_w, g_l, scores, lam_won = student_pair(cfg, schedule, student, nets["teacher"], nets["ta_win"],
+    real = nets.get("ta_real", nets["teacher"])  # distill.real_ta's checkpoints hold the real side's copy
+    G_w, G_l, g_w, g_l, scores, lam_won = student_pair(cfg, schedule, student, real, nets["ta_win"],
                                                        nets["ta_lose"], cond, x_init, gt, generator)
     omega = cfg.distill.omega or float(G_w.numel())
     params = [p for p in student.parameters() if p.requires_grad]
@@ -115,7 +116,7 @@ def noise_mses(cfg, nets: dict, scenes: list[dict], seed: int) -> dict[str, dict
     from ddpo_ros.diffusion import add_local_noise
     from training.student import one_step_generate, uses_ve
     schedule = schedule_from_config(cfg.diffusion)
-    roles = ("teacher", "ta_win", "ta_lose")
+    roles = tuple(r for r in ("teacher", "ta_real", "ta_win", "ta_lose") if r in nets)
     sums = {src: dict.fromkeys(roles, 0.0) for src in ("ground truth", "student samples")}
     with torch.no_grad():
         for i, batch in enumerate(scenes):
@@ -199,9 +200,10 @@ def write(out: Path, record: dict) -> None:
     if "noise_mse" in record:
         steps = ", ".join(map(str, CONTROL_STEPS))
         lines += ["", f"Noise MSE (t = {steps}; the same noises for every network):", "",
-                  "| data | teacher | ta_win | ta_lose |", "|---|---:|---:|---:|"]
+                  "| data | " + " | ".join(next(iter(record["noise_mse"].values()))) + " |",
+                  "|---|" + "---:|" * len(next(iter(record["noise_mse"].values())))]
         for src, v in record["noise_mse"].items():
-            lines.append(f"| {src} | {v['teacher']:.4f} | {v['ta_win']:.4f} | {v['ta_lose']:.4f} |")
+            lines.append(f"| {src} | " + " | ".join(f"{x:.4f}" for x in v.values()) + " |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -229,9 +231,9 @@ def main(argv=None) -> int:
     missing = [r for r in ROLES if r not in ckpt.state]
     if missing:
         sys.exit(f"{args.weights}: no role(s) {', '.join(missing)}: give a distill stage's checkpoint")
-    nets = build_models(ckpt, ROLES, device="cpu")
-    for role in ("encoder", "teacher", "ta_win", "ta_lose"):
-        nets[role].requires_grad_(False)
+    nets = build_models(ckpt, ROLES + [r for r in ("ta_real",) if r in ckpt.state], device="cpu")
+    for role in nets:
+        nets[role].requires_grad_(role == "student")
     train_set, _ = build_sets(cfg)
     scenes = [default_collate([train_set[i]]) for i in range(min(args.scenes, len(train_set)))]
     torch.manual_seed(args.seed)  # entry point

@@ -133,6 +133,12 @@ class DistillConfig:
     # Weight of Eq. 18's loser term (the paper: 1). The loser (the lam sample) lies further from the
     # teacher than the winner, so its push outweighs the winner's pull (tools/ddpo_gradient.py).
     loser_weight: float = 1.0
+    # The real score from a copy of the teacher fine-tuned on the ground truth alongside the TAs
+    # (role ta_real, same optimiser), instead of the frozen teacher. A TA fine-tuned from an
+    # under-trained teacher learns to denoise better in general, not only the student's samples, and
+    # g = eps_teacher - eps_ta then pushes the student away from that improvement (tools/ddpo_gradient.py
+    # --control). With ta_real both sides of g carry it and it cancels.
+    real_ta: bool = False
 
     def __post_init__(self):
         _check(self.lam > 0, "distill.lam", "must be > 0")

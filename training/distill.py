@@ -19,6 +19,8 @@ train.optimizer for both optimisers (the reference: SGD, lr 1e-5, global grad no
 The student samples in one step while training, and validation uses 8 steps with CFG 3.5. The
 one-step sample takes the parameterisation of completion.sampler (VP, or VE for ve-*), and with
 distill.freeze_bn (default) student and TAs normalise with the teacher's running statistics.
+distill.real_ta takes the real score from a teacher copy fine-tuned on the ground truth alongside the
+TAs (role ta_real), so that what a TA learns about denoising in general cancels in g.
 distill.g_weighting "dmd" re-weights g in clean-cloud units per sample (DMD; losses.dmd_normalise).
 Logged: |g| per side and the student's drift from the teacher (parameters apart from BatchNorm
 buffers), so a student that only moved its statistics shows as one.
@@ -47,7 +49,9 @@ def _noised(cfg, schedule, x0, t, noise):
 def student_pair(cfg, schedule, student, teacher, ta_win, ta_lose, cond, x_init, gt, generator):
     """Eq. 18's ingredients: the ranked pair (G_w, G_l) with the graph to the student, and g per side
     (no graph) at one shared t and noise; plus the pair's scores and whether the lam sample won.
-    The TAs run in eval mode; the student in whatever mode the caller put it."""
+    `teacher` is the real score (the frozen teacher, or ta_real with distill.real_ta). The TAs run in
+    eval mode; the student in whatever mode the caller put it."""
+    teacher.eval()
     d = cfg.distill
     G_w, G_l, scores, lam_won = pair_samples(student, cond, x_init, gt, d.lam, schedule, generator, d.preference,
                                              uses_ve(cfg))
@@ -74,7 +78,10 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
     student, ta_win, ta_lose = (copy.deepcopy(teacher).requires_grad_(True) for _ in range(3))
     g_student, g_win, g_lose = run.wrap(student), run.wrap(ta_win), run.wrap(ta_lose)
     opt_student = make_optimizer(cfg, student.parameters())
-    ta_params = [*ta_win.parameters(), *ta_lose.parameters()]
+    ta_real = copy.deepcopy(teacher).requires_grad_(True) if cfg.distill.real_ta else None
+    g_real = run.wrap(ta_real) if ta_real is not None else None
+    real = ta_real if ta_real is not None else teacher  # the real score of g
+    ta_params = [*ta_win.parameters(), *ta_lose.parameters(), *(ta_real.parameters() if ta_real else [])]
     opt_ta = make_optimizer(cfg, ta_params, lr=cfg.distill.ta_lr)
     schedule = schedule_from_config(cfg.diffusion)
     d, g, reps = cfg.distill, run.generator, cfg.completion.replication
@@ -98,11 +105,16 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
             n_w, n_l = torch.randn(x_w.shape, generator=g), torch.randn(x_l.shape, generator=g)
             loss_ta = (noise_mse(g_win(noised(x_w, t_w, n_w), cond, t_w.to(run.device)), n_w.to(run.device))
                        + noise_mse(g_lose(noised(x_l, t_l, n_l), cond, t_l.to(run.device)), n_l.to(run.device)))
+            if ta_real is not None:  # the real side keeps pace: the same training, on the ground truth
+                trained_mode(ta_real, freeze)
+                t_r, n_r = torch.randint(0, T, (len(gt),), generator=g), torch.randn(gt.shape, generator=g)
+                eps_real = g_real(noised(gt, t_r, n_r), cond, t_r.to(run.device))
+                loss_ta = loss_ta + noise_mse(eps_real, n_r.to(run.device))
             out["grad_norm/ta"] = run.optimise(opt_ta, loss_ta, ta_params)
         out["loss/ta"] = loss_ta.item()
 
         trained_mode(student, freeze)  # the reference samples in train mode (batch statistics)
-        G_w, G_l, g_w, g_l, scores, lam_won = student_pair(cfg, schedule, g_student, teacher, ta_win, ta_lose,
+        G_w, G_l, g_w, g_l, scores, lam_won = student_pair(cfg, schedule, g_student, real, ta_win, ta_lose,
                                                            cond, x_init, gt, g)
         loss = student_surrogate(G_w, G_l, g_w, g_l, d.omega or None, d.loser_weight)
         out["grad_norm/student"] = run.optimise(opt_student, loss, student.parameters())
@@ -119,7 +131,9 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
         return Completer(encoder, student, None, inference_config(cfg, refiner=False), kind="student",
                          device=run.device)
 
-    return Stage(models={"encoder": encoder, "teacher": teacher, "student": student, "ta_win": ta_win,
-                         "ta_lose": ta_lose},
+    models = {"encoder": encoder, "teacher": teacher, "student": student, "ta_win": ta_win, "ta_lose": ta_lose}
+    if ta_real is not None:
+        models["ta_real"] = ta_real
+    return Stage(models=models,
                  optimizers={"student": opt_student, "ta": opt_ta}, step=step,
                  validate=validator(cfg, run.out, val_set, completer), train_set=train_set)

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "or several .safetensors files (merged)")
     p.add_argument("-o", "--output", required=True, help="output .safetensors (import) or .ckpt (export)")
     p.add_argument("--roles", default=None,
-                   help="comma-separated roles to keep (teacher,student,ta_win,ta_lose,ta,encoder,refiner)")
+                   help="comma-separated roles to keep (teacher,student,ta_win,ta_lose,ta,ta_real,encoder,refiner)")
     p.add_argument("--layout", default=None,
                    help="reference layout to export to "
                         "(lidiff, lidiff_refine, scorelidar, distillation_dpo, ddpo_teacher)")

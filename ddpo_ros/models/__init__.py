@@ -25,6 +25,7 @@ ROLE_BUILDERS = {
     "ta_win": build_denoiser,
     "ta_lose": build_denoiser,
     "ta": build_denoiser,
+    "ta_real": build_denoiser,
     "encoder": build_encoder,
     "refiner": build_refiner,
 }
