@@ -319,3 +319,22 @@ def test_far_outliers_are_clipped_before_voxelisation():
     clipped = clamp_far(x, 50.0)
     assert clipped.abs().max() == 200.0 and torch.equal(clipped[0, :7], x[0, :7])
     assert torch.isfinite(den(clipped, cond, t)).all()
+
+
+@pytest.mark.parametrize("ve", [False, True])
+def test_independent_pairs_start_from_two_noises(ve):
+    """distill.pair_noise: Eq. 19's pair shares one noise, so with lam 1 the samples differ only by the
+    solver's small final noise; independent pairs start from two noises and differ by a whole noise."""
+    from training.student import pair_samples
+    schedule = make_schedule()
+    x_init = torch.randn(2, 300, 3, generator=gen(50)) * 5
+    gt = x_init + 0.1 * torch.randn(2, 300, 3, generator=gen(51))
+
+    def zero(x, cond, t):  # a denoiser that predicts no noise: the sample keeps its starting offset
+        return torch.zeros_like(x)
+    gaps = {}
+    for independent in (False, True):
+        w, l, scores, _ = pair_samples(zero, None, x_init, gt, 1.0, schedule, gen(52), "cd", ve, independent)
+        gaps[independent] = float((w - l).norm(dim=-1).mean())
+        assert scores.shape == (2, 2) and bool((scores[:, 0] <= scores[:, 1]).all())
+    assert gaps[True] > 10 * gaps[False]

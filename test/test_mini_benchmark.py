@@ -103,8 +103,10 @@ def test_main_trains_every_student_and_scores_every_row(mb, tmp_path, monkeypatc
     assert mb.main(["--teacher", str(teacher), "--out", str(tmp_path / "runs"), "--seeds", "2", "--lams", "1.2",
                     "--loser-weights", "0.5", "--resamples", "200"]) == 0
     runs = sorted(r[2] for r in trained)
-    assert runs == ["distill_jsd", "distill_lam1.2", "distill_lw0.5", "distill_s0", "distill_s1",
-                    "score_s0", "score_s1"]
+    assert runs == ["distill_indep", "distill_jsd", "distill_lam1.2", "distill_lw0.5", "distill_realta", "distill_s0",
+                    "distill_s1", "score_s0", "score_s1"]
+    indep = next(r[3] for r in trained if r[2] == "distill_indep")
+    assert "distill.pair_noise=independent" in indep and "distill.lam=1.0" in indep
     assert any("distill.loser_weight=0.5" in r[3] for r in trained if r[2] == "distill_lw0.5")
     assert all(f"distill.teacher={teacher.resolve()}" in r[3] for r in trained)
     result = json.loads((tmp_path / "bench" / "mini_benchmark.json").read_text())

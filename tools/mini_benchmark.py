@@ -6,7 +6,8 @@ mini teacher of config/train/teacher_mini.yaml):
 
 1. students, --student-steps optimiser steps each: Distillation-DPO (distill_mini.yaml) and score
    distillation (score_distill_mini.yaml) for each of --seeds seeds; the ablations with seed 0:
-   distill.lam in --lams, distill.preference jsd and distill.loser_weight in --loser-weights;
+   distill.lam in --lams, distill.preference jsd, distill.loser_weight in --loser-weights, pairs from
+   two noises (distill.pair_noise independent, lam 1) and the real score from ta_real (distill.real_ta);
 2. every model scored by `train.py evaluate` without the refiner (as the reference evaluates) on
    --synthetic held-out synthetic scenes and on KITTI frames 10/20/30 of kitti_seq00_0_39, which no
    stage trains on: teacher --teacher-steps and 8 steps, score distillation 8, Distillation-DPO 8/4/2/1;
@@ -173,8 +174,12 @@ def main(argv=None) -> int:
     ablations += [] if args.no_ablations else [
         (f"Distillation-DPO, loser weight {w}", f"distill_lw{w}", f"distill.loser_weight={w}")
         for w in args.loser_weights.split(",") if w]
-    for label, run, setting in ablations:
-        students[(label, 0)] = train("distill", run, setting, "train.seed=0")
+    ablations += [] if args.no_ablations else [("Distillation-DPO, independent pair noises, lambda 1", "distill_indep",
+                                                "distill.pair_noise=independent", "distill.lam=1.0"),
+                                               ("Distillation-DPO, real score from ta_real", "distill_realta",
+                                                "distill.real_ta=true")]
+    for label, run, *settings in ablations:
+        students[(label, 0)] = train("distill", run, *settings, "train.seed=0")
 
     def scored(weights: Path, steps: int) -> dict[str, dict]:
         tag = f"teacher@{teacher_hash}" if weights == teacher else f"{weights.parent.name}@{steps_done(weights.parent)}"
@@ -191,7 +196,7 @@ def main(argv=None) -> int:
     rows = [row("LiDiff teacher", s, r) for s, r in teacher_runs.items()]
     rows += [row("score distillation", 8, score8)]
     rows += [row("Distillation-DPO", s, r) for s, r in ddpo.items()]
-    rows += [row(label, 8, [scored(students[(label, 0)], 8)]) for label, _, _ in ablations]
+    rows += [row(label, 8, [scored(students[(label, 0)], 8)]) for label, *_ in ablations]
     scan = {split: float(np.mean([m["scan_cd"] for m in teacher_runs[8][0][split].values()])) for split in SPLITS}
 
     def compare(a, b) -> dict:

@@ -139,11 +139,15 @@ class DistillConfig:
     # g = eps_teacher - eps_ta then pushes the student away from that improvement (tools/ddpo_gradient.py
     # --control). With ta_real both sides of g carry it and it cancels.
     real_ta: bool = False
+    # Eq. 19 draws the pair from one noise (x_init + eps, x_init + lam eps): "shared". "independent"
+    # draws a second noise for the lam sample, so the preference is not fixed by the noise scale.
+    pair_noise: Literal["shared", "independent"] = "shared"
 
     def __post_init__(self):
         _check(self.lam > 0, "distill.lam", "must be > 0")
         _check(self.g_weighting in ("eps", "dmd"), "distill.g_weighting", "must be 'eps' or 'dmd'")
         _check(self.loser_weight >= 0, "distill.loser_weight", "must be >= 0")
+        _check(self.pair_noise in ("shared", "independent"), "distill.pair_noise", "must be 'shared' or 'independent'")
         _check(self.ta_lr > 0, "distill.ta_lr", "must be > 0")
         _check(self.ta_steps >= 1, "distill.ta_steps", "must be >= 1")
         _check(self.omega >= 0, "distill.omega", "must be >= 0")

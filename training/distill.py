@@ -54,7 +54,7 @@ def student_pair(cfg, schedule, student, teacher, ta_win, ta_lose, cond, x_init,
     teacher.eval()
     d = cfg.distill
     G_w, G_l, scores, lam_won = pair_samples(student, cond, x_init, gt, d.lam, schedule, generator, d.preference,
-                                             uses_ve(cfg))
+                                             uses_ve(cfg), d.pair_noise == "independent")
     t = torch.randint(0, schedule.num_train_timesteps, (len(gt),), generator=generator)
     n = torch.randn(G_w.shape, generator=generator)
     with torch.no_grad():
@@ -98,7 +98,7 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
             student.eval()
             with torch.no_grad():
                 x_w, x_l, scores, lam_won = pair_samples(student, cond, x_init, gt, d.lam, schedule, g,
-                                                         d.preference, ve)
+                                                         d.preference, ve, d.pair_noise == "independent")
             trained_mode(ta_win, freeze)
             trained_mode(ta_lose, freeze)
             t_w, t_l = torch.randint(0, T, (len(gt),), generator=g), torch.randint(0, T, (len(gt),), generator=g)

@@ -85,11 +85,18 @@ def preference(sample_a, sample_b, gt, metric: str = "cd") -> tuple[int, float, 
     return (0 if score_a <= score_b else 1), score_a, score_b
 
 
-def pair_samples(student, cond, x_init, gt, lam, schedule, generator, metric, ve: bool = False):
-    """Two one-step samples from one noise (lambda 1 and lam) -> winner, loser, CDs, lam-sample-won flags."""
+def pair_samples(student, cond, x_init, gt, lam, schedule, generator, metric, ve: bool = False,
+                 independent: bool = False):
+    """Two one-step samples, lambda 1 and lam -> winner, loser, CDs, lam-sample-won flags.
+
+    Eq. 19 starts both from one noise (the lam sample is then nearly always the worse one, so the
+    preference ranks noise scales); independent=True (distill.pair_noise) draws a second noise for
+    the lam sample, so the ranking can reflect what the samples show.
+    """
     eps = torch.randn(x_init.shape, generator=generator).to(x_init.device)
+    eps2 = torch.randn(x_init.shape, generator=generator).to(x_init.device) if independent else eps
     s1 = one_step_generate(student, cond, x_init, eps, 1.0, schedule, generator=generator, ve=ve)
-    s2 = one_step_generate(student, cond, x_init, eps, lam, schedule, generator=generator, ve=ve)
+    s2 = one_step_generate(student, cond, x_init, eps2, lam, schedule, generator=generator, ve=ve)
     picks = [preference(s1[b], s2[b], gt[b], metric=metric) for b in range(len(gt))]
     second = torch.tensor([p[0] == 1 for p in picks], device=x_init.device)[:, None, None]
     winner, loser = torch.where(second, s2, s1), torch.where(second, s1, s2)
