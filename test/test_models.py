@@ -50,8 +50,8 @@ def test_width_multiplier_scales_every_channel():
 
 
 def test_role_builders_cover_every_role():
-    assert set(ROLE_BUILDERS) == {"teacher", "student", "ta_win", "ta_lose", "ta", "ta_real", "encoder",
-                                 "refiner"}
+    roles = {"teacher", "student", "ta_win", "ta_lose", "ta", "ta_real", "encoder", "refiner"}
+    assert set(ROLE_BUILDERS) == roles
 
 
 def test_unknown_backend_is_rejected():
