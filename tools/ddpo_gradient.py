@@ -26,6 +26,7 @@ mode distill.freeze_bn gives it). Writes OUT.json and OUT.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from datetime import datetime, timezone
@@ -33,14 +34,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import default_collate
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from ddpo_ros.checkpoint import build_models, load_checkpoint  # noqa: E402
 from ddpo_ros.diffusion import schedule_from_config  # noqa: E402
-from training.config import load_train_config  # noqa: E402
+from training.config import load_train_config, parse_sets  # noqa: E402
 from training.data.sets import build_sets  # noqa: E402
 from training.distill import student_pair  # noqa: E402
 from training.student import frozen_condition, trained_mode  # noqa: E402
@@ -76,10 +76,9 @@ def scene_gradients(cfg, nets: dict, batch: dict, generator: torch.Generator) ->
 
 def random_move(reference: torch.nn.Module, moved: torch.nn.Module, generator: torch.Generator) -> torch.nn.Module:
     """A copy of `reference` moved in a random direction by the L2 distance `moved` is from it, per tensor."""
-    import copy
     out = copy.deepcopy(reference)
     with torch.no_grad():
-        for (name, p), q in zip(out.named_parameters(), moved.parameters()):
+        for p, q in zip(out.parameters(), moved.parameters()):
             step = (q - p).norm()
             direction = torch.randn(p.shape, generator=generator)
             p.add_(direction * step / direction.norm().clamp_min(1e-30))
@@ -221,11 +220,10 @@ def main(argv=None) -> int:
     if args.draws < 1 or args.scenes < 1:
         p.error("--scenes and --draws must be >= 1")
     overrides = {"data.num_workers": 0, "data.augment": False, "distill.teacher": args.weights}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)  # YAML syntax, as train.py --set
+    try:
+        overrides.update(parse_sets(args.set))  # YAML syntax, as train.py --set
+    except ValueError as err:
+        p.error(str(err))
     cfg = load_train_config(args.config, overrides)
     ckpt = load_checkpoint(args.weights)
     missing = [r for r in ROLES if r not in ckpt.state]

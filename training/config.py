@@ -185,6 +185,19 @@ class TrainConfig:
                    f"{self.data.gt_points} and {c.num_points} x {c.replication}")
 
 
+def parse_sets(items) -> dict:
+    """--set SECTION.KEY=VALUE arguments (YAML syntax) -> {"section.key": value}; ValueError names a bad one."""
+    import yaml
+
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
 def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
     """config/train/<x>.yaml as a TrainConfig; `overrides` {"train.lr": 1e-5, ...} are applied on top."""
     import yaml

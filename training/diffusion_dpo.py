@@ -15,13 +15,13 @@ import copy
 
 import torch
 
-from ddpo_ros.diffusion import add_local_noise, schedule_from_config
+from ddpo_ros.diffusion import schedule_from_config
 from ddpo_ros.pipeline import Completer
 
 from .common import load_teacher, make_optimizer
 from .loop import Run, Stage, inference_config
 from .losses import diffusion_dpo_loss
-from .student import clamp_far, frozen_condition, pair_samples, uses_ve
+from .student import frozen_condition, noised_sample, pair_samples, uses_ve
 from .validation import validator
 
 
@@ -46,8 +46,8 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
                                                      schedule, g, d.preference, uses_ve(cfg))
         t = torch.randint(0, T, (len(gt),), generator=g).to(run.device)
         n = torch.randn(x_w.shape, generator=g).to(run.device)
-        x_w, x_l = clamp_far(x_w, cfg.completion.max_range), clamp_far(x_l, cfg.completion.max_range)
-        x_wt, x_lt = add_local_noise(schedule, x_w, t, n), add_local_noise(schedule, x_l, t, n)
+        far = cfg.completion.max_range
+        x_wt, x_lt = noised_sample(schedule, x_w, t, n, far), noised_sample(schedule, x_l, t, n, far)
         with torch.no_grad():
             ref_w, ref_l = errors(reference, x_wt, cond, t, n), errors(reference, x_lt, cond, t, n)
         # The policy runs in the reference's mode (eval: BatchNorm on the teacher's running statistics),

@@ -33,19 +33,14 @@ import copy
 
 import torch
 
-from ddpo_ros.diffusion import add_local_noise, schedule_from_config
+from ddpo_ros.diffusion import schedule_from_config
 from ddpo_ros.pipeline import Completer
 
 from .common import drift, load_teacher, make_optimizer
 from .loop import Run, Stage, inference_config
 from .losses import dmd_normalise, noise_mse, student_surrogate
-from .student import clamp_far, frozen_condition, pair_samples, trained_mode, uses_ve
+from .student import frozen_condition, noised_sample, pair_samples, trained_mode, uses_ve
 from .validation import validator
-
-
-def _noised(cfg, schedule, x0, t, noise):
-    """x0 + sigma_t noise on x0's device; x0 without gradient, far outliers clipped (student.clamp_far)."""
-    return add_local_noise(schedule, clamp_far(x0, cfg.completion.max_range), t.to(x0.device), noise.to(x0.device))
 
 
 def student_pair(cfg, schedule, student, teacher, ta_win, ta_lose, cond, x_init, gt, generator):
@@ -62,7 +57,8 @@ def student_pair(cfg, schedule, student, teacher, ta_win, ta_lose, cond, x_init,
     with torch.no_grad():
         ta_win.eval()
         ta_lose.eval()
-        x_wt, x_lt = _noised(cfg, schedule, G_w.detach(), t, n), _noised(cfg, schedule, G_l.detach(), t, n)
+        far = cfg.completion.max_range
+        x_wt, x_lt = noised_sample(schedule, G_w.detach(), t, n, far), noised_sample(schedule, G_l.detach(), t, n, far)
         td = t.to(x_wt.device)
         e_w, e_l = teacher(x_wt, cond, td), teacher(x_lt, cond, td)
         g_w, g_l = e_w - ta_win(x_wt, cond, td), e_l - ta_lose(x_lt, cond, td)
@@ -90,7 +86,7 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
     T, ve, freeze = schedule.num_train_timesteps, uses_ve(cfg), cfg.distill.freeze_bn
 
     def noised(x0, t, noise):
-        return _noised(cfg, schedule, x0, t, noise)
+        return noised_sample(schedule, x0, t, noise, cfg.completion.max_range)
 
     def step(batch) -> dict[str, float]:
         partial, gt, cond = frozen_condition(encoder, [teacher], batch, run.device)

@@ -12,13 +12,13 @@ import copy
 
 import torch
 
-from ddpo_ros.diffusion import add_local_noise, schedule_from_config
+from ddpo_ros.diffusion import schedule_from_config
 from ddpo_ros.pipeline import Completer
 
 from .common import drift, load_teacher, make_optimizer
 from .loop import Run, Stage, inference_config
 from .losses import dmd_normalise, noise_mse, score_distill_surrogate
-from .student import clamp_far, frozen_condition, one_step_generate, trained_mode, uses_ve
+from .student import frozen_condition, noised_sample, one_step_generate, trained_mode, uses_ve
 from .validation import validator
 
 
@@ -42,8 +42,7 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
     def noised(x0):
         t = torch.randint(0, T, (len(x0),), generator=g)
         n = torch.randn(x0.shape, generator=g)
-        x0 = clamp_far(x0, cfg.completion.max_range)  # x0 without gradient; far outliers clipped
-        return add_local_noise(schedule, x0, t.to(run.device), n.to(run.device)), t.to(run.device), n.to(run.device)
+        return noised_sample(schedule, x0, t, n, cfg.completion.max_range), t.to(run.device), n.to(run.device)
 
     def step(batch) -> dict[str, float]:
         partial, _, cond = frozen_condition(encoder, [teacher], batch, run.device)

@@ -8,7 +8,8 @@ s_steps = 1 (reference section 2). It runs the sampler's own step math (`data_pr
 
 `preference` ranks the pair by the paper's CD (or by JSD, Table 5) against ground truth: lower wins;
 `pair_samples` makes and ranks the pair (lambda 1 and lam from one noise) for a whole batch.
-`clamp_far` and `frozen_condition` are the other per-step helpers the student-side stages share.
+`clamp_far`, `noised_sample` and `frozen_condition` are the other per-step helpers the student-side
+stages share.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ddpo_ros.diffusion import Schedule, data_prediction, dpmpp_update, standard_noise
+from ddpo_ros.diffusion import Schedule, add_local_noise, data_prediction, dpmpp_update, standard_noise
 from ddpo_ros.datasets.ground_truth import chamfer_distance
 from training.metrics import jsd_3d
 
@@ -115,6 +116,12 @@ def clamp_far(points: Tensor, max_range: float) -> Tensor:
     """
     limit = 4.0 * max_range
     return points.clamp(-limit, limit)
+
+
+def noised_sample(schedule: Schedule, x0: Tensor, t: Tensor, noise: Tensor, max_range: float) -> Tensor:
+    """x0 + sigma_t noise on x0's device (Eq. 1) for a sample that feeds networks without gradient:
+    far outliers clipped first (clamp_far)."""
+    return add_local_noise(schedule, clamp_far(x0, max_range), t.to(x0.device), noise.to(x0.device))
 
 
 def trained_mode(net, freeze_bn: bool):

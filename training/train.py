@@ -81,20 +81,16 @@ def main(argv=None) -> int:
 
 
 def run_stage(args) -> int:
-    import yaml
-
     from ddpo_ros.config import ConfigError
-    from training.config import load_train_config
+    from training.config import load_train_config, parse_sets
     from training.data.sets import build_sets
     from training.loop import setup, train
 
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            print(f"--set {item!r}: expected SECTION.KEY=VALUE", file=sys.stderr)
-            return 2
-        overrides[key] = yaml.safe_load(value)
+    try:
+        overrides = parse_sets(args.set)
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
     try:
         cfg = load_train_config(args.config, overrides)
         if cfg.stage != args.stage:
