@@ -79,17 +79,18 @@ def test_paired_differences_average_seeds_per_scene(mb):
     assert c["ci95"][0] == pytest.approx(-0.3) and c["ci95"][1] == pytest.approx(-0.1)
 
 
-def test_main_trains_every_student_and_scores_every_row(mb, tmp_path, monkeypatch):
-    """The wiring with stand-ins for training and evaluation (each stage has its own test): seeds and
-    ablations trained from the teacher, each row scored on both splits, paired comparisons, drift."""
+def fake_training(mb, tmp_path, monkeypatch) -> tuple[list, object]:
+    """Stand-ins for training and evaluation (each stage has its own test); returns the list of
+    trained runs and the teacher file."""
     teacher = tmp_path / "teacher.safetensors"
     save_file({"teacher.w": torch.ones(4), "encoder.w": torch.ones(2)}, str(teacher))
     trained = []
 
     def fake_stage(name, config, out, steps, log, *extra):
-        trained.append((name, config, out.name, extra))
+        trained.append((name, config, out.name, extra, steps))
         (out / "checkpoints" / "step_0000002").mkdir(parents=True, exist_ok=True)
         (out / "checkpoints" / "latest").write_text("step_0000002")
+        (out / "seconds.txt").write_text("60\n")
         save_file({"student.w": torch.full((4,), 1.5), "teacher.w": torch.ones(4)}, str(out / "weights.safetensors"))
         return out / "weights.safetensors"
 
@@ -100,24 +101,67 @@ def test_main_trains_every_student_and_scores_every_row(mb, tmp_path, monkeypatc
     monkeypatch.setattr(mb, "stage", fake_stage)
     monkeypatch.setattr(mb, "evaluate", fake_evaluate)
     monkeypatch.setattr(mb, "REPO", tmp_path)
+    (tmp_path / "config" / "train").mkdir(parents=True)
+    for config in ("distill_mini.yaml", "score_distill_mini.yaml"):
+        (tmp_path / "config" / "train" / config).write_text("stage: x\n")
+    return trained, teacher
+
+
+def test_main_trains_every_student_and_scores_every_row(mb, tmp_path, monkeypatch):
+    """Seeds and ablations trained from the teacher, each row scored on both splits, paired
+    comparisons, drift."""
+    trained, teacher = fake_training(mb, tmp_path, monkeypatch)
     assert mb.main(["--teacher", str(teacher), "--out", str(tmp_path / "runs"), "--seeds", "2", "--lams", "1.2",
                     "--loser-weights", "0.5", "--resamples", "200"]) == 0
     runs = sorted(r[2] for r in trained)
-    assert runs == ["distill_indep", "distill_jsd", "distill_lam1.2", "distill_lw0.5", "distill_realta", "distill_s0",
-                    "distill_s1", "score_s0", "score_s1"]
-    indep = next(r[3] for r in trained if r[2] == "distill_indep")
+    assert runs == ["distill_base_40", "distill_indep_40", "distill_jsd_40", "distill_lam1.2_40", "distill_lw0.5_40",
+                    "distill_realta_40", "distill_s0", "distill_s1", "score_s0", "score_s1"]
+    assert {r[2]: r[4] for r in trained}["distill_s1"] == 100 and {r[2]: r[4] for r in trained}["distill_jsd_40"] == 40
+    indep = next(r[3] for r in trained if r[2] == "distill_indep_40")
     assert "distill.pair_noise=independent" in indep and "distill.lam=1.0" in indep
-    assert any("distill.loser_weight=0.5" in r[3] for r in trained if r[2] == "distill_lw0.5")
+    assert any("distill.loser_weight=0.5" in r[3] for r in trained if r[2] == "distill_lw0.5_40")
     assert all(f"distill.teacher={teacher.resolve()}" in r[3] for r in trained)
     result = json.loads((tmp_path / "bench" / "mini_benchmark.json").read_text())
     labels = [(r["model"], r["steps"], r["seeds"]) for r in result["rows"]]
     assert labels[:3] == [("LiDiff teacher", 50, 1), ("LiDiff teacher", 8, 1), ("score distillation", 8, 2)]
     assert ("Distillation-DPO", 1, 2) in labels and ("Distillation-DPO, JSD preference", 8, 1) in labels
+    assert ("Distillation-DPO, as the main run (lambda 1.1)", 8, 1) in labels
     vs_teacher = result["comparisons"]["DDPO-8 minus teacher-8"]
     assert vs_teacher["all"]["scenes"] == 8 and vs_teacher["all"]["mean"] == pytest.approx(-0.01)
     assert result["comparisons"]["DDPO-8 minus score-8"]["kitti"]["mean"] == pytest.approx(0.0)
     assert result["drift"]["ddpo_s0"]["weights"]["l2"] == pytest.approx(1.0)
-    assert "| Distillation-DPO | 8 | 2 |" in (tmp_path / "bench" / "mini_benchmark.md").read_text()
+    assert result["training_minutes"] == pytest.approx(10.0)  # 10 students of 60 s
+    text = (tmp_path / "bench" / "mini_benchmark.md").read_text()
+    assert "| Distillation-DPO | 8 | 2 |" in text and "ablations seed 0, 40 steps" in text
+
+
+def test_records_let_a_later_session_finish_the_benchmark(mb, tmp_path, monkeypatch):
+    """A finished run's record replaces its training and scoring, even with the run folder gone; a
+    record made under other settings does not; --ignore-records ignores them all."""
+    trained, teacher = fake_training(mb, tmp_path, monkeypatch)
+    args = ["--teacher", str(teacher), "--seeds", "2", "--no-ablations", "--resamples", "100"]
+    mb.main([*args, "--out", str(tmp_path / "runs1")])
+    records = sorted(p.name for p in (tmp_path / "bench" / "mini_benchmark_runs").iterdir())
+    assert records == ["distill_s0.json", "distill_s1.json", "score_s0.json", "score_s1.json",
+                       f"teacher_{mb.file_hash(teacher)}.json"]
+    first = (tmp_path / "bench" / "mini_benchmark.json").read_text()
+    trained.clear()
+    mb.main([*args, "--out", str(tmp_path / "runs2")])  # a new session: no run folders
+    assert trained == []
+    second = json.loads((tmp_path / "bench" / "mini_benchmark.json").read_text())
+    assert second["rows"] == json.loads(first)["rows"]
+    mb.main([*args, "--out", str(tmp_path / "runs2"), "--seeds", "3"])  # one more seed: only it trains
+    assert [r[2] for r in trained] == ["distill_s2", "score_s2"]
+    trained.clear()
+    mb.main([*args, "--out", str(tmp_path / "runs3"), "--student-steps", "50"])  # another budget: all again
+    assert sorted(r[2] for r in trained) == ["distill_s0", "distill_s1", "score_s0", "score_s1"]
+    trained.clear()
+    (tmp_path / "config" / "train" / "score_distill_mini.yaml").write_text("stage: changed\n")
+    mb.main([*args, "--out", str(tmp_path / "runs4"), "--student-steps", "50"])  # a changed config: its stage again
+    assert sorted(r[2] for r in trained) == ["score_s0", "score_s1"]
+    trained.clear()
+    mb.main([*args, "--out", str(tmp_path / "runs5"), "--student-steps", "50", "--ignore-records"])
+    assert len(trained) == 4
 
 
 def test_markdown_table_has_every_row_and_the_scan_baseline(mb):

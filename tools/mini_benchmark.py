@@ -4,10 +4,11 @@ The paper's Table 2/6 comparison, its lambda sweep (Table 5) and JSD as the pref
 on this CPU, all from one trained teacher (--teacher, roles encoder + teacher; default the bundled
 mini teacher of config/train/teacher_mini.yaml):
 
-1. students, --student-steps optimiser steps each: Distillation-DPO (distill_mini.yaml) and score
-   distillation (score_distill_mini.yaml) for each of --seeds seeds; the ablations with seed 0:
-   distill.lam in --lams, distill.preference jsd, distill.loser_weight in --loser-weights, pairs from
-   two noises (distill.pair_noise independent, lam 1) and the real score from ta_real (distill.real_ta);
+1. students: Distillation-DPO (distill_mini.yaml) and score distillation (score_distill_mini.yaml),
+   --student-steps optimiser steps, for each of --seeds seeds; and the ablations with seed 0 and
+   --ablation-steps steps (with a baseline of the main settings at that budget): distill.lam in
+   --lams, distill.preference jsd, distill.loser_weight in --loser-weights, pairs from two noises
+   (distill.pair_noise independent, lam 1) and the real score from ta_real (distill.real_ta);
 2. every model scored by `train.py evaluate` without the refiner (as the reference evaluates) on
    --synthetic held-out synthetic scenes and on KITTI frames 10/20/30 of kitti_seq00_0_39, which no
    stage trains on: teacher --teacher-steps and 8 steps, score distillation 8, Distillation-DPO 8/4/2/1;
@@ -19,9 +20,14 @@ mini teacher of config/train/teacher_mini.yaml):
    encoder, the teacher and the teacher file's refiner to ddpo_ros/weights/mini.safetensors (the
    node then runs the student), only if DDPO-8 beats teacher-8 with the interval below zero.
 
-Rerunning skips finished work: a stage resumes from its last checkpoint or extends to a larger
-budget, an evaluation is redone only for a student that trained further. A student folder is tied
-to the teacher file it was trained from (its SHA-256).
+Each finished run (trained and scored) leaves a small record in --records (bench/mini_benchmark_runs,
+kept in git: per-scene scores, drift, wall time, the commit), keyed by the teacher file's SHA-256,
+the stage config's, the settings, the budget and what was scored. A rerun reads a matching record
+instead of training again, so the hours of CPU this takes can be spread over several sessions; the
+headline runs come first. --ignore-records makes new records.
+Without a record, a rerun still skips finished work in --out: a stage resumes from its last
+checkpoint or extends to a larger budget, an evaluation is redone only for a student that trained
+further. A student folder is tied to the teacher file it was trained from (its SHA-256).
 """
 from __future__ import annotations
 
@@ -138,12 +144,41 @@ def paired(a_runs: list[dict], b_runs: list[dict], resamples: int) -> dict:
     return {"mean": float(np.mean(diffs)), "ci95": [low, high], "scenes": len(scenes)}
 
 
+def record_for(path: Path, key: dict, ignore: bool) -> dict | None:
+    """The stored record of a finished run, if it was made under the same key (teacher file, stage
+    config, settings, budget, what was evaluated)."""
+    if ignore or not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return record if record.get("key") == key else None
+
+
+def save_record(path: Path, record: dict) -> dict:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)  # atomic: a run cut off mid-write leaves the old record or none
+    return record
+
+
+def git_commit() -> str:
+    proc = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True)
+    return proc.stdout.strip() or "unknown"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--teacher", default=str(REPO / "ddpo_ros" / "weights" / "mini.safetensors"))
-    p.add_argument("--out", default="runs/mini")
+    p.add_argument("--out", default="runs/mini", help="training runs and evaluation outputs (large; not kept)")
+    p.add_argument("--records", default="bench/mini_benchmark_runs",
+                   help="one small JSON per finished run (scores per scene, drift, wall time); kept in git, "
+                        "so that the benchmark can be finished over several sessions")
+    p.add_argument("--ignore-records", action="store_true",
+                   help="train and score again what the records hold (finished runs in --out are still reused)")
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--student-steps", type=int, default=100)
+    p.add_argument("--ablation-steps", type=int, default=40,
+                   help="optimiser steps of each ablation student, and of the seed-0 baseline they are read against")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--lams", default="1.05,1.2,1.5", help="Table 5's lambda sweep (seed 0; 1.1 is the main run)")
     p.add_argument("--loser-weights", default="0.5,0",
@@ -156,65 +191,93 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     out = (REPO / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    records = REPO / args.records
     args.out, log, started = out, out / "log.txt", time.perf_counter()
     teacher, teacher_hash = Path(args.teacher).resolve(), file_hash(args.teacher)
-
-    def train(name: str, run: str, *sets: str) -> Path:
-        check_teacher(out / run, teacher_hash)
-        extra = [a for s in (f"distill.teacher={teacher}", *sets) for a in ("--set", s)]
-        return stage(name, f"{name.replace('-', '_')}_mini.yaml", out / run, args.student_steps, log, *extra)
-
-    students = {("ddpo", s): train("distill", f"distill_s{s}", f"train.seed={s}") for s in range(args.seeds)}
-    students.update({("score", s): train("score-distill", f"score_s{s}", f"train.seed={s}")
-                     for s in range(args.seeds)})
-    ablations = [] if args.no_ablations else [(f"Distillation-DPO, lambda {lam}", f"distill_lam{lam}",
-                                              f"distill.lam={lam}") for lam in args.lams.split(",") if lam]
-    ablations += [] if args.no_ablations else [("Distillation-DPO, JSD preference", "distill_jsd",
-                                                "distill.preference=jsd")]
-    ablations += [] if args.no_ablations else [
-        (f"Distillation-DPO, loser weight {w}", f"distill_lw{w}", f"distill.loser_weight={w}")
-        for w in args.loser_weights.split(",") if w]
-    ablations += [] if args.no_ablations else [("Distillation-DPO, independent pair noises, lambda 1", "distill_indep",
-                                                "distill.pair_noise=independent", "distill.lam=1.0"),
-                                               ("Distillation-DPO, real score from ta_real", "distill_realta",
-                                                "distill.real_ta=true")]
-    for label, run, *settings in ablations:
-        students[(label, 0)] = train("distill", run, *settings, "train.seed=0")
 
     def scored(weights: Path, steps: int) -> dict[str, dict]:
         tag = f"teacher@{teacher_hash}" if weights == teacher else f"{weights.parent.name}@{steps_done(weights.parent)}"
         return {split: evaluate(weights, split, out / "eval" / f"{tag}_{steps}_{split}", steps, args, log)
                 for split in SPLITS}
 
+    def student(name: str, run: str, steps: int, eval_steps: tuple, *sets: str) -> dict:
+        """Train one student, score it at each of eval_steps and record it; or read its record."""
+        config = f"{name.replace('-', '_')}_mini.yaml"
+        key = {"stage": name, "config_sha256": file_hash(REPO / "config" / "train" / config), "settings": list(sets),
+               "student_steps": steps, "teacher_sha256": teacher_hash, "eval_steps": list(eval_steps),
+               "synthetic": args.synthetic}
+        path = records / f"{run}.json"
+        if (done := record_for(path, key, args.ignore_records)) is not None:
+            print(f"{run}: from {path.relative_to(REPO)}", flush=True)
+            return done
+        check_teacher(out / run, teacher_hash)
+        extra = [a for s in (f"distill.teacher={teacher}", *sets) for a in ("--set", s)]
+        weights = stage(name, config, out / run, steps, log, *extra)
+        return save_record(path, {
+            "key": key, "run": run, "code": git_commit(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "train_seconds": float((out / run / "seconds.txt").read_text()), "drift": drift(teacher, weights),
+            "eval": {str(s): scored(weights, s) for s in eval_steps}})
+
+    def teacher_record() -> dict:
+        key = {"teacher_sha256": teacher_hash, "eval_steps": [args.teacher_steps, 8], "synthetic": args.synthetic}
+        path = records / f"teacher_{teacher_hash}.json"
+        if (done := record_for(path, key, args.ignore_records)) is not None:
+            return done
+        return save_record(path, {"key": key, "code": git_commit(),
+                                  "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                  "eval": {str(s): scored(teacher, s) for s in key["eval_steps"]}})
+
+    # the headline runs first, then the ablations: a cut-off session leaves the comparison furthest along
+    teacher_runs = teacher_record()["eval"]
+    ddpo = [student("distill", f"distill_s{s}", args.student_steps, (8, 4, 2, 1), f"train.seed={s}")
+            for s in range(args.seeds)]
+    score = [student("score-distill", f"score_s{s}", args.student_steps, (8,), f"train.seed={s}")
+             for s in range(args.seeds)]
+    ablations = [] if args.no_ablations else [
+        *[(f"lambda {lam}", f"distill_lam{lam}", f"distill.lam={lam}") for lam in args.lams.split(",") if lam],
+        ("JSD preference", "distill_jsd", "distill.preference=jsd"),
+        *[(f"loser weight {w}", f"distill_lw{w}", f"distill.loser_weight={w}") for w in args.loser_weights.split(",")
+          if w],
+        ("independent pair noises, lambda 1", "distill_indep", "distill.pair_noise=independent", "distill.lam=1.0"),
+        ("real score from ta_real", "distill_realta", "distill.real_ta=true")]
+    if ablations and args.ablation_steps != args.student_steps:  # read every ablation against the same budget
+        ablations.insert(0, ("as the main run (lambda 1.1)", "distill_base", ))
+    ablated = {label: student("distill", f"{run}_{args.ablation_steps}", args.ablation_steps, (8,), *settings,
+                              "train.seed=0") for label, run, *settings in ablations}
+
     def row(label: str, steps: int, runs: list[dict]) -> dict:
         return {"model": label, "steps": steps, "seeds": len(runs),
                 **{split: summarise([r[split] for r in runs]) for split in SPLITS}}
 
-    teacher_runs = {s: [scored(teacher, s)] for s in (args.teacher_steps, 8)}
-    ddpo = {s: [scored(students[("ddpo", i)], s) for i in range(args.seeds)] for s in (8, 4, 2, 1)}
-    score8 = [scored(students[("score", i)], 8) for i in range(args.seeds)]
-    rows = [row("LiDiff teacher", s, r) for s, r in teacher_runs.items()]
-    rows += [row("score distillation", 8, score8)]
-    rows += [row("Distillation-DPO", s, r) for s, r in ddpo.items()]
-    rows += [row(label, 8, [scored(students[(label, 0)], 8)]) for label, *_ in ablations]
-    scan = {split: float(np.mean([m["scan_cd"] for m in teacher_runs[8][0][split].values()])) for split in SPLITS}
+    rows = [row("LiDiff teacher", s, [teacher_runs[str(s)]]) for s in (args.teacher_steps, 8)]
+    rows += [row("score distillation", 8, [r["eval"]["8"] for r in score])]
+    rows += [row("Distillation-DPO", s, [r["eval"][str(s)] for r in ddpo]) for s in (8, 4, 2, 1)]
+    if ablations and args.ablation_steps == args.student_steps:
+        rows += [row("Distillation-DPO, seed 0 (ablation baseline)", 8, [ddpo[0]["eval"]["8"]])]
+    rows += [row(f"Distillation-DPO, {label}", 8, [r["eval"]["8"]]) for label, r in ablated.items()]
+    scan = {split: float(np.mean([m["scan_cd"] for m in teacher_runs["8"][split].values()])) for split in SPLITS}
+    ddpo8, score8 = [r["eval"]["8"] for r in ddpo], [r["eval"]["8"] for r in score]
 
     def compare(a, b) -> dict:
         both = [{k: v for split in SPLITS for k, v in r[split].items()} for r in a], \
                [{k: v for split in SPLITS for k, v in r[split].items()} for r in b]
         return {**{split: paired([r[split] for r in a], [r[split] for r in b], args.resamples) for split in SPLITS},
                 "all": paired(*both, args.resamples)}
-    comparisons = {"DDPO-8 minus teacher-8": compare(ddpo[8], teacher_runs[8]),
-                   "DDPO-8 minus score-8": compare(ddpo[8], score8)}
-    drifts = {f"{name}_s{seed}" if name in ("ddpo", "score") else name: drift(teacher, w)
-              for (name, seed), w in students.items()}
+    comparisons = {"DDPO-8 minus teacher-8": compare(ddpo8, [teacher_runs["8"]]),
+                   "DDPO-8 minus score-8": compare(ddpo8, score8)}
+    drifts = {**{f"ddpo_s{i}": r["drift"] for i, r in enumerate(ddpo)},
+              **{f"score_s{i}": r["drift"] for i, r in enumerate(score)},
+              **{label: r["drift"] for label, r in ablated.items()}}
+    minutes = sum(r["train_seconds"] for r in (*ddpo, *score, *ablated.values())) / 60
     from ddpo_ros.frontends.bench import machine_facts
     facts = machine_facts("cpu", 0, [])
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": f"{facts['cpu']} ({facts['cores']} cores), torch {facts['torch']}",
               "teacher": {"path": str(teacher), "sha256": teacher_hash}, "student_steps": args.student_steps,
+              "ablation_steps": args.ablation_steps if ablations else None,
               "seeds": args.seeds, "scan_cd": scan, "rows": rows, "comparisons": comparisons, "drift": drifts,
-              "total_minutes": (time.perf_counter() - started) / 60}
+              "training_minutes": minutes, "total_minutes": (time.perf_counter() - started) / 60}
     bench = REPO / "bench"
     bench.mkdir(exist_ok=True)
     (bench / "mini_benchmark.json").write_text(json.dumps(result, indent=1))
@@ -225,8 +288,11 @@ def main(argv=None) -> int:
         if ci[1] >= 0:
             print(f"not bundled: DDPO-8 minus teacher-8 CD interval {ci} does not lie below zero")
             return 0
+        weights = out / "distill_s0" / "weights.safetensors"
+        if not weights.exists():
+            sys.exit(f"{weights} is gone (scores from {records}): train it again with --ignore-records to bundle")
         bundle = REPO / "ddpo_ros" / "weights" / "mini.safetensors"
-        sh([sys.executable, "-m", "ddpo_ros.frontends.cli", "convert", students[("ddpo", 0)], teacher, "-o", bundle,
+        sh([sys.executable, "-m", "ddpo_ros.frontends.cli", "convert", weights, teacher, "-o", bundle,
             "--roles", "encoder,teacher,student,refiner"], log)
         print(f"bundled {bundle} ({bundle.stat().st_size / 2**20:.1f} MiB)")
     return 0
@@ -238,7 +304,9 @@ def markdown(result: dict) -> str:
         return f"{v['mean']:.3f}" + (f" ± {v['std']:.3f}" if std and v["runs"] > 1 else "")
     lines = [f"Mini-scale Distillation-DPO benchmark, {result['date']} ({result['machine']}, CPU); teacher "
              f"{Path(result['teacher']['path']).name} ({result['teacher']['sha256']}); students "
-             f"{result['student_steps']} optimiser steps; mean ± std over seeds.", "",
+             f"{result['student_steps']} optimiser steps" + (
+                 f"; ablations seed 0, {result['ablation_steps']} steps" if result.get("ablation_steps") else "")
+             + "; mean ± std over seeds.", "",
              "| model | steps | seeds | synthetic CD m | acc m | cov m | KITTI CD m | acc m | cov m | JSD 3D "
              "| s/scene |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
