@@ -123,12 +123,13 @@ def test_main_trains_every_student_and_scores_every_row(mb, tmp_path, monkeypatc
     assert all(f"distill.teacher={teacher.resolve()}" in r[3] for r in trained)
     result = json.loads((tmp_path / "bench" / "mini_benchmark.json").read_text())
     labels = [(r["model"], r["steps"], r["seeds"]) for r in result["rows"]]
-    assert labels[:3] == [("LiDiff teacher", 50, 1), ("LiDiff teacher", 8, 1), ("score distillation", 8, 2)]
+    assert labels[:6] == [("LiDiff teacher", s, 1) for s in (50, 8, 4, 2, 1)] + [("score distillation", 8, 2)]
     assert ("Distillation-DPO", 1, 2) in labels and ("Distillation-DPO, JSD preference", 8, 1) in labels
     assert ("Distillation-DPO, as the main run (lambda 1.1)", 8, 1) in labels
     vs_teacher = result["comparisons"]["DDPO-8 minus teacher-8"]
     assert vs_teacher["all"]["scenes"] == 8 and vs_teacher["all"]["mean"] == pytest.approx(-0.01)
     assert result["comparisons"]["DDPO-8 minus score-8"]["kitti"]["mean"] == pytest.approx(0.0)
+    assert result["comparisons"]["DDPO-1 minus teacher-1"]["all"]["mean"] == pytest.approx(-0.01 / 8)
     assert result["drift"]["ddpo_s0"]["weights"]["l2"] == pytest.approx(1.0)
     assert result["training_minutes"] == pytest.approx(10.0)  # 10 students of 60 s
     text = (tmp_path / "bench" / "mini_benchmark.md").read_text()

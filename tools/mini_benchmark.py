@@ -11,10 +11,11 @@ mini teacher of config/train/teacher_mini.yaml):
    (distill.pair_noise independent, lam 1) and the real score from ta_real (distill.real_ta);
 2. every model scored by `train.py evaluate` without the refiner (as the reference evaluates) on
    --synthetic held-out synthetic scenes and on KITTI frames 10/20/30 of kitti_seq00_0_39, which no
-   stage trains on: teacher --teacher-steps and 8 steps, score distillation 8, Distillation-DPO 8/4/2/1;
+   stage trains on: teacher --teacher-steps and 8/4/2/1 steps, score distillation 8, Distillation-DPO
+   8/4/2/1;
 3. per row the mean and std over seeds of each run's mean CD, accuracy and coverage; the paired
-   differences DDPO-8 minus teacher-8 and DDPO-8 minus score-8 per scene (averaged over seeds) with
-   a 95% bootstrap interval over scenes;
+   differences DDPO-8 minus teacher-8, DDPO-8 minus score-8 and DDPO-k minus teacher-k at 4/2/1 steps
+   per scene (averaged over seeds) with a 95% bootstrap interval over scenes;
 4. each student's drift from the teacher, trained weights apart from BatchNorm statistics;
 5. bench/mini_benchmark.{json,md}. --bundle writes the seed-0 Distillation-DPO student with the
    encoder, the teacher and the teacher file's refiner to ddpo_ros/weights/mini.safetensors (the
@@ -47,6 +48,7 @@ sys.path.insert(0, str(REPO))  # training/ is not an installed package
 from training import checkpoints  # noqa: E402
 TRAIN = [sys.executable, str(REPO / "training" / "train.py")]
 SPLITS = ("synthetic", "kitti")
+FEW = (8, 4, 2, 1)  # the sampling steps of the students' rows (and of the teacher's, next to its long row)
 
 
 def sh(cmd: list, log: Path) -> None:
@@ -220,7 +222,7 @@ def main(argv=None) -> int:
             "eval": {str(s): scored(weights, s) for s in eval_steps}})
 
     def teacher_record() -> dict:
-        key = {"teacher_sha256": teacher_hash, "eval_steps": [args.teacher_steps, 8], "synthetic": args.synthetic}
+        key = {"teacher_sha256": teacher_hash, "eval_steps": [args.teacher_steps, *FEW], "synthetic": args.synthetic}
         path = records / f"teacher_{teacher_hash}.json"
         if (done := record_for(path, key, args.ignore_records)) is not None:
             return done
@@ -230,7 +232,7 @@ def main(argv=None) -> int:
 
     # the headline runs first, then the ablations: a cut-off session leaves the comparison furthest along
     teacher_runs = teacher_record()["eval"]
-    ddpo = [student("distill", f"distill_s{s}", args.student_steps, (8, 4, 2, 1), f"train.seed={s}")
+    ddpo = [student("distill", f"distill_s{s}", args.student_steps, FEW, f"train.seed={s}")
             for s in range(args.seeds)]
     score = [student("score-distill", f"score_s{s}", args.student_steps, (8,), f"train.seed={s}")
              for s in range(args.seeds)]
@@ -250,9 +252,9 @@ def main(argv=None) -> int:
         return {"model": label, "steps": steps, "seeds": len(runs),
                 **{split: summarise([r[split] for r in runs]) for split in SPLITS}}
 
-    rows = [row("LiDiff teacher", s, [teacher_runs[str(s)]]) for s in (args.teacher_steps, 8)]
+    rows = [row("LiDiff teacher", s, [teacher_runs[str(s)]]) for s in (args.teacher_steps, *FEW)]
     rows += [row("score distillation", 8, [r["eval"]["8"] for r in score])]
-    rows += [row("Distillation-DPO", s, [r["eval"][str(s)] for r in ddpo]) for s in (8, 4, 2, 1)]
+    rows += [row("Distillation-DPO", s, [r["eval"][str(s)] for r in ddpo]) for s in FEW]
     if ablations and args.ablation_steps == args.student_steps:
         rows += [row("Distillation-DPO, seed 0 (ablation baseline)", 8, [ddpo[0]["eval"]["8"]])]
     rows += [row(f"Distillation-DPO, {label}", 8, [r["eval"]["8"]]) for label, r in ablated.items()]
@@ -265,7 +267,10 @@ def main(argv=None) -> int:
         return {**{split: paired([r[split] for r in a], [r[split] for r in b], args.resamples) for split in SPLITS},
                 "all": paired(*both, args.resamples)}
     comparisons = {"DDPO-8 minus teacher-8": compare(ddpo8, [teacher_runs["8"]]),
-                   "DDPO-8 minus score-8": compare(ddpo8, score8)}
+                   "DDPO-8 minus score-8": compare(ddpo8, score8),
+                   # the students train their one-step sample only: does that step improve, at least?
+                   **{f"DDPO-{s} minus teacher-{s}": compare([r["eval"][str(s)] for r in ddpo], [teacher_runs[str(s)]])
+                      for s in FEW[1:]}}
     drifts = {**{f"ddpo_s{i}": r["drift"] for i, r in enumerate(ddpo)},
               **{f"score_s{i}": r["drift"] for i, r in enumerate(score)},
               **{label: r["drift"] for label, r in ablated.items()}}
