@@ -92,6 +92,15 @@ def fake_training(mb, tmp_path, monkeypatch) -> tuple[list, object]:
         (out / "checkpoints" / "latest").write_text("step_0000002")
         (out / "seconds.txt").write_text("60\n")
         save_file({"student.w": torch.full((4,), 1.5), "teacher.w": torch.ones(4)}, str(out / "weights.safetensors"))
+        if out.name == "distill_s0":  # real TensorBoard logs, with a resume that logs step 12 again
+            from torch.utils.tensorboard import SummaryWriter
+            for first, last in ((1, 13), (12, 21)):  # the first run's step 12 is lost with its checkpoint
+                with SummaryWriter(out / "tensorboard") as writer:
+                    for step in range(first, last):
+                        lost = 0.5 if (step, last) == (12, 13) else 0.0
+                        writer.add_scalar("preference/winner", 0.2 + 0.01 * step + lost, step)
+                        writer.add_scalar("preference/lam_sample_won", 0.0, step)
+                        writer.add_scalar("loss/ta", 1.0, step)
         return out / "weights.safetensors"
 
     def fake_evaluate(weights, split, out, steps, args, log):
@@ -134,6 +143,13 @@ def test_main_trains_every_student_and_scores_every_row(mb, tmp_path, monkeypatc
     assert result["training_minutes"] == pytest.approx(10.0)  # 10 students of 60 s
     text = (tmp_path / "bench" / "mini_benchmark.md").read_text()
     assert "| Distillation-DPO | 8 | 2 |" in text and "ablations seed 0, 40 steps" in text
+    record = json.loads((tmp_path / "bench" / "mini_benchmark_runs" / "distill_s0.json").read_text())
+    winner = record["curves"]["preference/winner"]
+    assert [s for s, _ in winner] == list(range(1, 21)) and winner[11][1] == pytest.approx(0.32)  # resumed value
+    assert "loss/ta" not in record["curves"]
+    assert result["training"]["ddpo_s0"]["preference/winner"] == pytest.approx([0.255, 0.355])  # steps 1-10, 11-20
+    assert "ddpo_s1" not in result["training"]  # no logs
+    assert "| ddpo_s0 | 0.255 -> 0.355 |  | 0.000 -> 0.000 |" in text
 
 
 def test_records_let_a_later_session_finish_the_benchmark(mb, tmp_path, monkeypatch):

@@ -163,6 +163,28 @@ def save_record(path: Path, record: dict) -> dict:
     return record
 
 
+CURVES = ("preference/winner", "preference/loser", "preference/lam_sample_won", "g/winner_norm", "g/loser_norm",
+          "g/norm", "drift/student_params_relative")
+
+
+def curves(run: Path) -> dict[str, list]:
+    """The training scalars worth keeping from a run's TensorBoard logs, {tag: [[step, value], ...]};
+    a step logged again after a resume keeps its last value."""
+    if not (run / "tensorboard").is_dir():
+        return {}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    have = set(events.Tags()["scalars"])
+    return {tag: sorted({e.step: e.value for e in events.Scalars(tag)}.items()) for tag in CURVES if tag in have}
+
+
+def trend(curve: list, window: int = 10) -> tuple[float, float]:
+    """Mean of a curve's first and of its last `window` logged values."""
+    values = [v for _, v in curve]
+    return float(np.mean(values[:window])), float(np.mean(values[-window:]))
+
+
 def git_commit() -> str:
     proc = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True)
     return proc.stdout.strip() or "unknown"
@@ -211,6 +233,8 @@ def main(argv=None) -> int:
         path = records / f"{run}.json"
         if (done := record_for(path, key, args.ignore_records)) is not None:
             print(f"{run}: from {path.relative_to(REPO)}", flush=True)
+            if "curves" not in done and (out / run / "tensorboard").is_dir():  # a record from before curves
+                done = save_record(path, {**done, "curves": curves(out / run)})
             return done
         check_teacher(out / run, teacher_hash)
         extra = [a for s in (f"distill.teacher={teacher}", *sets) for a in ("--set", s)]
@@ -219,6 +243,7 @@ def main(argv=None) -> int:
             "key": key, "run": run, "code": git_commit(),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "train_seconds": float((out / run / "seconds.txt").read_text()), "drift": drift(teacher, weights),
+            "curves": curves(out / run),
             "eval": {str(s): scored(weights, s) for s in eval_steps}})
 
     def teacher_record() -> dict:
@@ -271,10 +296,11 @@ def main(argv=None) -> int:
                    # the students train their one-step sample only: does that step improve, at least?
                    **{f"DDPO-{s} minus teacher-{s}": compare([r["eval"][str(s)] for r in ddpo], [teacher_runs[str(s)]])
                       for s in FEW[1:]}}
-    drifts = {**{f"ddpo_s{i}": r["drift"] for i, r in enumerate(ddpo)},
-              **{f"score_s{i}": r["drift"] for i, r in enumerate(score)},
-              **{label: r["drift"] for label, r in ablated.items()}}
-    minutes = sum(r["train_seconds"] for r in (*ddpo, *score, *ablated.values())) / 60
+    named = [*((f"ddpo_s{i}", r) for i, r in enumerate(ddpo)), *((f"score_s{i}", r) for i, r in enumerate(score)),
+             *ablated.items()]
+    drifts = {name: r["drift"] for name, r in named}
+    training = {name: {tag: trend(c) for tag, c in r["curves"].items() if c} for name, r in named if r.get("curves")}
+    minutes = sum(r["train_seconds"] for _, r in named) / 60
     from ddpo_ros.frontends.bench import machine_facts
     facts = machine_facts("cpu", 0, [])
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -282,6 +308,7 @@ def main(argv=None) -> int:
               "teacher": {"path": str(teacher), "sha256": teacher_hash}, "student_steps": args.student_steps,
               "ablation_steps": args.ablation_steps if ablations else None,
               "seeds": args.seeds, "scan_cd": scan, "rows": rows, "comparisons": comparisons, "drift": drifts,
+              "training": training,
               "training_minutes": minutes, "total_minutes": (time.perf_counter() - started) / 60}
     bench = REPO / "bench"
     bench.mkdir(exist_ok=True)
@@ -334,6 +361,15 @@ def markdown(result: dict) -> str:
     for name, d in result["drift"].items():
         w, b = d["weights"], d["bn_stats"]
         lines.append(f"| {name} | {w['l2']:.2e} | {w['relative']:.1e} | {b['l2']:.2e} | {b['relative']:.1e} |")
+    lines += ["", "During training (mean of the first -> last 10 logged steps): CD of the student's own one-step "
+              "winner and loser (m), how often the lam sample won, |g| per side:", "",
+              "| student | winner CD | loser CD | lam sample won | abs(g_w) | abs(g_l) |", "|---|---|---|---|---|---|"]
+    for name, t in result.get("training", {}).items():
+        if "preference/winner" not in t:
+            continue
+        tags = ("preference/winner", "preference/loser", "preference/lam_sample_won", "g/winner_norm", "g/loser_norm")
+        cells = [f"{t[k][0]:.3f} -> {t[k][1]:.3f}" if k in t else "" for k in tags]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
