@@ -46,6 +46,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # training/ is not an installed package
 from training import checkpoints  # noqa: E402
+from tools.mini_benchmark_report import (bootstrap_interval, curves, markdown, paired, summarise,  # noqa: E402,F401
+                                         trend)
 TRAIN = [sys.executable, str(REPO / "training" / "train.py")]
 SPLITS = ("synthetic", "kitti")
 FEW = (8, 4, 2, 1)  # the sampling steps of the students' rows (and of the teacher's, next to its long row)
@@ -121,31 +123,6 @@ def evaluate(weights: Path, split: str, out: Path, steps: int, args, log: Path) 
     return {r["scan"]: {**r["completion"], "seconds": r["seconds"], "scan_cd": r["scan_only"]["cd"]} for r in rows}
 
 
-def bootstrap_interval(diffs, resamples: int = 10000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of the mean of paired per-scene differences, scenes resampled."""
-    diffs = np.asarray(diffs, dtype=np.float64)
-    idx = np.random.default_rng(seed).integers(0, len(diffs), (resamples, len(diffs)))
-    means = diffs[idx].mean(1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def summarise(runs: list[dict[str, dict]]) -> dict:
-    """Mean and std over seeds (runs) of each run's scene-mean metric."""
-    out = {}
-    for key in ("cd", "accuracy", "coverage", "jsd_3d", "seconds"):
-        per_run = [np.mean([m[key] for m in run.values() if m.get(key) is not None]) for run in runs]
-        out[key] = {"mean": float(np.mean(per_run)), "std": float(np.std(per_run)), "runs": len(per_run)}
-    return out
-
-
-def paired(a_runs: list[dict], b_runs: list[dict], resamples: int) -> dict:
-    """a minus b in CD per scene, each side averaged over its seeds; mean and bootstrap interval."""
-    scenes = sorted(set.intersection(*(set(r) for r in a_runs + b_runs)))
-    diffs = [np.mean([r[s]["cd"] for r in a_runs]) - np.mean([r[s]["cd"] for r in b_runs]) for s in scenes]
-    low, high = bootstrap_interval(diffs, resamples)
-    return {"mean": float(np.mean(diffs)), "ci95": [low, high], "scenes": len(scenes)}
-
-
 def record_for(path: Path, key: dict, ignore: bool) -> dict | None:
     """The stored record of a finished run, if it was made under the same key (teacher file, stage
     config, settings, budget, what was evaluated)."""
@@ -161,28 +138,6 @@ def save_record(path: Path, record: dict) -> dict:
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(path)  # atomic: a run cut off mid-write leaves the old record or none
     return record
-
-
-CURVES = ("preference/winner", "preference/loser", "preference/lam_sample_won", "g/winner_norm", "g/loser_norm",
-          "g/norm", "drift/student_params_relative")
-
-
-def curves(run: Path) -> dict[str, list]:
-    """The training scalars worth keeping from a run's TensorBoard logs, {tag: [[step, value], ...]};
-    a step logged again after a resume keeps its last value."""
-    if not (run / "tensorboard").is_dir():
-        return {}
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
-    events.Reload()
-    have = set(events.Tags()["scalars"])
-    return {tag: sorted({e.step: e.value for e in events.Scalars(tag)}.items()) for tag in CURVES if tag in have}
-
-
-def trend(curve: list, window: int = 10) -> tuple[float, float]:
-    """Mean of a curve's first and of its last `window` logged values."""
-    values = [v for _, v in curve]
-    return float(np.mean(values[:window])), float(np.mean(values[-window:]))
 
 
 def git_commit() -> str:
@@ -328,49 +283,6 @@ def main(argv=None) -> int:
             "--roles", "encoder,teacher,student,refiner"], log)
         print(f"bundled {bundle} ({bundle.stat().st_size / 2**20:.1f} MiB)")
     return 0
-
-
-def markdown(result: dict) -> str:
-    def cell(m, key, std=True):
-        v = m[key]
-        return f"{v['mean']:.3f}" + (f" ± {v['std']:.3f}" if std and v["runs"] > 1 else "")
-    lines = [f"Mini-scale Distillation-DPO benchmark, {result['date']} ({result['machine']}, CPU); teacher "
-             f"{Path(result['teacher']['path']).name} ({result['teacher']['sha256']}); students "
-             f"{result['student_steps']} optimiser steps" + (
-                 f"; ablations seed 0, {result['ablation_steps']} steps" if result.get("ablation_steps") else "")
-             + "; mean ± std over seeds.", "",
-             "| model | steps | seeds | synthetic CD m | acc m | cov m | KITTI CD m | acc m | cov m | JSD 3D "
-             "| s/scene |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-             f"| the scan itself | - | - | {result['scan_cd']['synthetic']:.3f} | | | {result['scan_cd']['kitti']:.3f} "
-             "| | | | |"]
-    for r in result["rows"]:
-        s, k = r["synthetic"], r["kitti"]
-        lines.append(f"| {r['model']} | {r['steps']} | {r['seeds']} | {cell(s, 'cd')} | {cell(s, 'accuracy', False)} | "
-                     f"{cell(s, 'coverage', False)} | {cell(k, 'cd')} | {cell(k, 'accuracy', False)} | "
-                     f"{cell(k, 'coverage', False)} | {cell(k, 'jsd_3d', False)} | {k['seconds']['mean']:.1f} |")
-    lines += ["", "Paired CD differences per scene (seed means), 95% bootstrap interval over scenes "
-              "(negative: the first is closer to the ground truth):", "",
-              "| comparison | synthetic | KITTI | all scenes |", "|---|---:|---:|---:|"]
-    for name, c in result["comparisons"].items():
-        lines.append(f"| {name} | " + " | ".join(
-            f"{c[k]['mean']:+.4f} [{c[k]['ci95'][0]:+.4f}, {c[k]['ci95'][1]:+.4f}] (n={c[k]['scenes']})"
-            for k in ("synthetic", "kitti", "all")) + " |")
-    lines += ["", "How far each student moved from the teacher (L2; relative to the teacher's norm):", "",
-              "| student | weights | relative | BatchNorm running stats | relative |", "|---|---:|---:|---:|---:|"]
-    for name, d in result["drift"].items():
-        w, b = d["weights"], d["bn_stats"]
-        lines.append(f"| {name} | {w['l2']:.2e} | {w['relative']:.1e} | {b['l2']:.2e} | {b['relative']:.1e} |")
-    lines += ["", "During training (mean of the first -> last 10 logged steps): CD of the student's own one-step "
-              "winner and loser (m), how often the lam sample won, |g| per side:", "",
-              "| student | winner CD | loser CD | lam sample won | abs(g_w) | abs(g_l) |", "|---|---|---|---|---|---|"]
-    for name, t in result.get("training", {}).items():
-        if "preference/winner" not in t:
-            continue
-        tags = ("preference/winner", "preference/loser", "preference/lam_sample_won", "g/winner_norm", "g/loser_norm")
-        cells = [f"{t[k][0]:.3f} -> {t[k][1]:.3f}" if k in t else "" for k in tags]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
