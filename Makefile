@@ -32,7 +32,7 @@ bench: $(STAMP)
 	$(VENV)/bin/ddpo bench-scene --out bench/scene.json
 
 # Distil the bundled mini teacher with Distillation-DPO and score distillation (3 seeds + ablations) on this
-# CPU and score every row (bench/mini_benchmark.json/.md; README "Mini-scale benchmark"). Hours on 2 cores.
+# CPU and score every row (bench/mini_benchmark.json/.md; docs/mini-scale.md, "Mini-scale benchmark"). Hours on 2 cores.
 mini-benchmark: $(STAMP)
 	$(PY) tools/mini_benchmark.py --out runs/mini
 

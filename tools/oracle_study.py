@@ -11,11 +11,11 @@ these scenes; they are the yardstick for the mini teacher.
     python tools/oracle_study.py --out bench/oracle --synthetic 2 --kitti-frames 20 --steps 50 \
         --samplers sde-dpmsolver++,ve-sde-dpmsolver++
 
-(the README's table: ~40, ~15 and ~25 min on 2 cores).
+(docs/mini-scale.md's tables: ~40, ~15 and ~25 min on 2 cores).
 
 Writes OUT.jsonl (one line per completion, resumable: rerun to continue; runs with other samplers,
 steps or scenes add to it), OUT.json (means per dataset and method over every row of OUT.jsonl)
-and OUT.md (the README's tables).
+and OUT.md (the tables of docs/mini-scale.md, "A completion model").
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ distill.real_ta takes the real score from a teacher copy fine-tuned on the groun
 TAs (role ta_real), so that what a TA learns about denoising in general cancels in g.
 distill.g_weighting "dmd" re-weights g in clean-cloud units per sample (DMD; losses.dmd_normalise),
 distill.loser_weight scales Eq. 18's loser term, and distill.pair_noise "independent" draws the
-pair from two noises (README "Why the students get worse" measures all three).
+pair from two noises (docs/mini-scale.md, "Why the students get worse", measures all three).
 Logged: |g| per side and the student's drift from the teacher (parameters apart from BatchNorm
 buffers), so a student that only moved its statistics shows as one.
 """

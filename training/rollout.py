@@ -3,7 +3,7 @@
 The noise loss only ever shows the network x_t = x_0 + sigma_t eps with x_0 on the ground truth.
 The sampler asks it about other states: those of its own trajectory from x_init (the scan,
 tiled), which start off the ground truth and drift with every imperfect step. Measured on the
-bundled mini teacher (3 held-out synthetic scenes, 8 VE steps; README "On its own trajectory"):
+bundled mini teacher (3 held-out synthetic scenes, 8 VE steps; docs/mini-scale.md, "On its own trajectory"):
 its squared error against the ideal denoiser is 0.02-0.05 on training states at every sampler
 step, but grows along its own trajectory to 0.11 at t = 250 and 0.41 at t = 125.
 

@@ -50,7 +50,7 @@ def choose_weights(weights, out: Path, log) -> tuple[Path, bool]:
             "streets only. On 9 KITTI frames they never saw, the refined completion's Chamfer distance is ~24% "
             "below the scan's and it covers the ground truth ~44% better, but its points sit ~15 cm off the "
             "surfaces (the scan's: 4 cm), and on synthetic streets its CD is still above the scan's; single frames "
-            "vary (README, 'The refiner'). For paper-scale weights see the README's Training section.")
+            "vary (docs/mini-scale.md, 'The refiner'). For paper-scale weights see the README's Training section.")
         return default_weights(), True
     log("NOTE: the bundled weights ddpo_ros/weights/mini.safetensors are missing from this install (the git "
         "checkout has them; config/train/teacher_mini.yaml trains them). The demo runs the real pipeline with "
