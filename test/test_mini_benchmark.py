@@ -121,10 +121,10 @@ def test_main_trains_every_student_and_scores_every_row(mb, tmp_path, monkeypatc
     comparisons, drift."""
     trained, teacher = fake_training(mb, tmp_path, monkeypatch)
     assert mb.main(["--teacher", str(teacher), "--out", str(tmp_path / "runs"), "--seeds", "2", "--lams", "1.2",
-                    "--loser-weights", "0.5", "--resamples", "200"]) == 0
+                    "--loser-weights", "0.5", "--gt-weights", "0.1", "--resamples", "200"]) == 0
     runs = sorted(r[2] for r in trained)
-    assert runs == ["distill_base_40", "distill_indep_40", "distill_jsd_40", "distill_lam1.2_40", "distill_lw0.5_40",
-                    "distill_realta_40", "distill_s0", "distill_s1", "score_s0", "score_s1"]
+    assert runs == ["distill_base_40", "distill_gt0.1_40", "distill_indep_40", "distill_jsd_40", "distill_lam1.2_40",
+                    "distill_lw0.5_40", "distill_realta_40", "distill_s0", "distill_s1", "score_s0", "score_s1"]
     assert {r[2]: r[4] for r in trained}["distill_s1"] == 100 and {r[2]: r[4] for r in trained}["distill_jsd_40"] == 40
     indep = next(r[3] for r in trained if r[2] == "distill_indep_40")
     assert "distill.pair_noise=independent" in indep and "distill.lam=1.0" in indep
@@ -140,7 +140,7 @@ def test_main_trains_every_student_and_scores_every_row(mb, tmp_path, monkeypatc
     assert result["comparisons"]["DDPO-8 minus score-8"]["kitti"]["mean"] == pytest.approx(0.0)
     assert result["comparisons"]["DDPO-1 minus teacher-1"]["all"]["mean"] == pytest.approx(-0.01 / 8)
     assert result["drift"]["ddpo_s0"]["weights"]["l2"] == pytest.approx(1.0)
-    assert result["training_minutes"] == pytest.approx(10.0)  # 10 students of 60 s
+    assert result["training_minutes"] == pytest.approx(11.0)  # 11 students of 60 s
     text = (tmp_path / "bench" / "mini_benchmark.md").read_text()
     assert "| Distillation-DPO | 8 | 2 |" in text and "ablations seed 0, 40 steps" in text
     record = json.loads((tmp_path / "bench" / "mini_benchmark_runs" / "distill_s0.json").read_text())

@@ -8,7 +8,8 @@ mini teacher of config/train/teacher_mini.yaml):
    --student-steps optimiser steps, for each of --seeds seeds; and the ablations with seed 0 and
    --ablation-steps steps (with a baseline of the main settings at that budget): distill.lam in
    --lams, distill.preference jsd, distill.loser_weight in --loser-weights, pairs from two noises
-   (distill.pair_noise independent, lam 1) and the real score from ta_real (distill.real_ta);
+   (distill.pair_noise independent, lam 1), the real score from ta_real (distill.real_ta) and a
+   structure term, the winner's Chamfer distance to the ground truth (distill.gt_weight in --gt-weights);
 2. every model scored by `train.py evaluate` without the refiner (as the reference evaluates) on
    --synthetic held-out synthetic scenes and on KITTI frames 10/20/30 of kitti_seq00_0_39, which no
    stage trains on: teacher --teacher-steps and 8/4/2/1 steps, score distillation 8, Distillation-DPO
@@ -162,6 +163,9 @@ def main(argv=None) -> int:
     p.add_argument("--lams", default="1.05,1.2,1.5", help="Table 5's lambda sweep (seed 0; 1.1 is the main run)")
     p.add_argument("--loser-weights", default="0.5,0",
                    help="distill.loser_weight ablation (seed 0): the loser's push outweighs the winner's pull")
+    p.add_argument("--gt-weights", default="0.1,1",
+                   help="distill.gt_weight ablation (seed 0): a structure term, the winner's Chamfer distance to the "
+                        "ground truth; at 0.1 its gradient is about as large as Eq. 18's")
     p.add_argument("--no-ablations", action="store_true")
     p.add_argument("--teacher-steps", type=int, default=50, help="the teacher's long row (and its 8-step row)")
     p.add_argument("--synthetic", type=int, default=8, help="held-out synthetic scenes scored")
@@ -222,7 +226,9 @@ def main(argv=None) -> int:
         *[(f"loser weight {w}", f"distill_lw{w}", f"distill.loser_weight={w}") for w in args.loser_weights.split(",")
           if w],
         ("independent pair noises, lambda 1", "distill_indep", "distill.pair_noise=independent", "distill.lam=1.0"),
-        ("real score from ta_real", "distill_realta", "distill.real_ta=true")]
+        ("real score from ta_real", "distill_realta", "distill.real_ta=true"),
+        *[(f"winner pulled to the ground truth, gt_weight {w}", f"distill_gt{w}", f"distill.gt_weight={w}")
+          for w in args.gt_weights.split(",") if w]]
     if ablations and args.ablation_steps != args.student_steps:  # read every ablation against the same budget
         ablations.insert(0, ("as the main run (lambda 1.1)", "distill_base", ))
     ablated = {label: student("distill", f"{run}_{args.ablation_steps}", args.ablation_steps, (8,), *settings,

@@ -142,11 +142,15 @@ class DistillConfig:
     # Eq. 19 draws the pair from one noise (x_init + eps, x_init + lam eps): "shared". "independent"
     # draws a second noise for the lam sample, so the preference is not fixed by the noise scale.
     pair_noise: Literal["shared", "independent"] = "shared"
+    # A structure term next to Eq. 18, as ScoreLiDAR's scene loss: this weight times the squared Chamfer
+    # distance of the student's one-step winner to the ground truth (0: the paper's loss alone).
+    gt_weight: float = 0.0
 
     def __post_init__(self):
         _check(self.lam > 0, "distill.lam", "must be > 0")
         _check(self.g_weighting in ("eps", "dmd"), "distill.g_weighting", "must be 'eps' or 'dmd'")
         _check(self.loser_weight >= 0, "distill.loser_weight", "must be >= 0")
+        _check(self.gt_weight >= 0, "distill.gt_weight", "must be >= 0")
         _check(self.pair_noise in ("shared", "independent"), "distill.pair_noise", "must be 'shared' or 'independent'")
         _check(self.ta_lr > 0, "distill.ta_lr", "must be > 0")
         _check(self.ta_steps >= 1, "distill.ta_steps", "must be >= 1")

@@ -24,6 +24,7 @@ TAs (role ta_real), so that what a TA learns about denoising in general cancels 
 distill.g_weighting "dmd" re-weights g in clean-cloud units per sample (DMD; losses.dmd_normalise),
 distill.loser_weight scales Eq. 18's loser term, and distill.pair_noise "independent" draws the
 pair from two noises (docs/mini-scale.md, "Why the students get worse", measures all three).
+distill.gt_weight adds a structure term, the winner's squared Chamfer distance to the ground truth.
 Logged: |g| per side and the student's drift from the teacher (parameters apart from BatchNorm
 buffers), so a student that only moved its statistics shows as one.
 """
@@ -38,7 +39,7 @@ from ddpo_ros.pipeline import Completer
 
 from .common import drift, load_teacher, make_optimizer
 from .loop import Run, Stage, inference_config
-from .losses import dmd_normalise, noise_mse, student_surrogate
+from .losses import chamfer_squared, dmd_normalise, noise_mse, student_surrogate
 from .student import frozen_condition, noised_sample, pair_samples, trained_mode, uses_ve
 from .validation import validator
 
@@ -115,6 +116,10 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
         G_w, G_l, g_w, g_l, scores, lam_won = student_pair(cfg, schedule, g_student, real, ta_win, ta_lose,
                                                            cond, x_init, gt, g)
         loss = student_surrogate(G_w, G_l, g_w, g_l, d.omega or None, d.loser_weight)
+        if d.gt_weight:  # skipped at 0, so the paper's loss runs exactly as without the option
+            structure = chamfer_squared(G_w, gt.to(G_w.device))
+            loss = loss + d.gt_weight * structure
+            out["loss/gt_chamfer"] = structure.item()
         out["grad_norm/student"] = run.optimise(opt_student, loss, student.parameters())
         out.update({"loss/student_surrogate": loss.item(), "preference/winner": scores[:, 0].mean().item(),
                     "preference/loser": scores[:, 1].mean().item(),
