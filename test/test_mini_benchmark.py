@@ -112,7 +112,7 @@ def fake_training(mb, tmp_path, monkeypatch) -> tuple[list, object]:
     monkeypatch.setattr(mb, "REPO", tmp_path)
     (tmp_path / "config" / "train").mkdir(parents=True)
     for config in ("distill_mini.yaml", "score_distill_mini.yaml"):
-        (tmp_path / "config" / "train" / config).write_text("stage: x\n")
+        (tmp_path / "config" / "train" / config).write_text((REPO / "config" / "train" / config).read_text())
     return trained, teacher
 
 
@@ -173,7 +173,11 @@ def test_records_let_a_later_session_finish_the_benchmark(mb, tmp_path, monkeypa
     mb.main([*args, "--out", str(tmp_path / "runs3"), "--student-steps", "50"])  # another budget: all again
     assert sorted(r[2] for r in trained) == ["distill_s0", "distill_s1", "score_s0", "score_s1"]
     trained.clear()
-    (tmp_path / "config" / "train" / "score_distill_mini.yaml").write_text("stage: changed\n")
+    score_yaml = tmp_path / "config" / "train" / "score_distill_mini.yaml"
+    score_yaml.write_text(score_yaml.read_text() + "# a comment changes no result\n")
+    mb.main([*args, "--out", str(tmp_path / "runs4"), "--student-steps", "50"])
+    assert trained == []
+    score_yaml.write_text(score_yaml.read_text().replace("lr: 1.0e-5", "lr: 2.0e-5", 1))
     mb.main([*args, "--out", str(tmp_path / "runs4"), "--student-steps", "50"])  # a changed config: its stage again
     assert sorted(r[2] for r in trained) == ["score_s0", "score_s1"]
     trained.clear()

@@ -47,8 +47,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # training/ is not an installed package
 from training import checkpoints  # noqa: E402
-from tools.mini_benchmark_report import (bootstrap_interval, curves, markdown, paired, summarise,  # noqa: E402,F401
-                                         trend)
+from tools.mini_benchmark_report import (bootstrap_interval, curves, drift, markdown, paired,  # noqa: E402,F401
+                                         summarise, trend)
 TRAIN = [sys.executable, str(REPO / "training" / "train.py")]
 SPLITS = ("synthetic", "kitti")
 FEW = (8, 4, 2, 1)  # the sampling steps of the students' rows (and of the teacher's, next to its long row)
@@ -87,6 +87,17 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
+def config_hash(path: Path, sets) -> str:
+    """SHA-256 of the stage's resolved config (YAML, --set overrides and the schema's defaults), so that
+    a changed comment keeps a record and a changed default does not; the teacher file counts by its own hash."""
+    import dataclasses
+
+    from training.config import load_train_config, parse_sets
+    cfg = dataclasses.asdict(load_train_config(path, parse_sets(sets)))
+    cfg["distill"]["teacher"] = ""
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def check_teacher(student_out: Path, teacher_hash: str) -> None:
     """Refuse to extend a student trained from another teacher file."""
     record = student_out / "teacher.sha256"
@@ -95,22 +106,6 @@ def check_teacher(student_out: Path, teacher_hash: str) -> None:
                  f"{teacher_hash}: delete {student_out} to train it from the new teacher")
     student_out.mkdir(parents=True, exist_ok=True)
     record.write_text(f"{teacher_hash}\n")
-
-
-def drift(teacher: Path, student: Path, role: str = "student") -> dict:
-    """L2 of the student's change from the teacher, trained weights apart from BatchNorm running
-    statistics (train-mode passes move those without any gradient), absolute and relative."""
-    from safetensors.torch import load_file
-    t, s = load_file(str(teacher)), load_file(str(student))
-    out = {}
-    for kind, pick in (("weights", lambda k: "running_" not in k and "num_batches" not in k),
-                       ("bn_stats", lambda k: "running_" in k)):
-        keys = [k for k in t if k.startswith("teacher.") and pick(k)]
-        moved = sum(float((s[f"{role}." + k.removeprefix("teacher.")].double() - t[k].double()).pow(2).sum())
-                    for k in keys) ** 0.5
-        norm = sum(float(t[k].double().pow(2).sum()) for k in keys) ** 0.5
-        out[kind] = {"l2": moved, "relative": moved / norm if norm else float("nan")}
-    return out
 
 
 def evaluate(weights: Path, split: str, out: Path, steps: int, args, log: Path) -> dict[str, dict]:
@@ -186,9 +181,9 @@ def main(argv=None) -> int:
     def student(name: str, run: str, steps: int, eval_steps: tuple, *sets: str) -> dict:
         """Train one student, score it at each of eval_steps and record it; or read its record."""
         config = f"{name.replace('-', '_')}_mini.yaml"
-        key = {"stage": name, "config_sha256": file_hash(REPO / "config" / "train" / config), "settings": list(sets),
-               "student_steps": steps, "teacher_sha256": teacher_hash, "eval_steps": list(eval_steps),
-               "synthetic": args.synthetic}
+        key = {"stage": name, "config_sha256": config_hash(REPO / "config" / "train" / config, sets),
+               "settings": list(sets), "student_steps": steps, "teacher_sha256": teacher_hash,
+               "eval_steps": list(eval_steps), "synthetic": args.synthetic}
         path = records / f"{run}.json"
         if (done := record_for(path, key, args.ignore_records)) is not None:
             print(f"{run}: from {path.relative_to(REPO)}", flush=True)

@@ -1,11 +1,27 @@
-"""The numbers and the table of `make mini-benchmark` (tools/mini_benchmark.py): per-run summaries over
-seeds, paired per-scene differences with a bootstrap interval, training curves from TensorBoard logs
-and their trends, markdown."""
+"""The numbers and the table of `make mini-benchmark` (tools/mini_benchmark.py): a student's drift
+from its teacher, per-run summaries over seeds, paired per-scene differences with a bootstrap
+interval, training curves from TensorBoard logs and their trends, markdown."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+
+
+def drift(teacher: Path, student: Path, role: str = "student") -> dict:
+    """L2 of the student's change from the teacher, trained weights apart from BatchNorm running
+    statistics (train-mode passes move those without any gradient), absolute and relative."""
+    from safetensors.torch import load_file
+    t, s = load_file(str(teacher)), load_file(str(student))
+    out = {}
+    for kind, pick in (("weights", lambda k: "running_" not in k and "num_batches" not in k),
+                       ("bn_stats", lambda k: "running_" in k)):
+        keys = [k for k in t if k.startswith("teacher.") and pick(k)]
+        moved = sum(float((s[f"{role}." + k.removeprefix("teacher.")].double() - t[k].double()).pow(2).sum())
+                    for k in keys) ** 0.5
+        norm = sum(float(t[k].double().pow(2).sum()) for k in keys) ** 0.5
+        out[kind] = {"l2": moved, "relative": moved / norm if norm else float("nan")}
+    return out
 
 
 def bootstrap_interval(diffs, resamples: int = 10000, seed: int = 0) -> tuple[float, float]:
