@@ -43,11 +43,14 @@ def test_a_stage_runs_only_to_extend_its_budget(mb, tmp_path, monkeypatch):
     assert "--resume" not in list(map(str, calls[1]))  # a fresh stage
 
 
-def test_a_student_is_tied_to_its_teacher_file(mb, tmp_path):
-    mb.check_teacher(tmp_path / "distill", "abc")
-    mb.check_teacher(tmp_path / "distill", "abc")
-    with pytest.raises(SystemExit, match="trained from teacher abc, but --teacher is now def"):
-        mb.check_teacher(tmp_path / "distill", "def")
+def test_a_student_folder_is_tied_to_its_teacher_config_and_settings(mb, tmp_path):
+    key = {"teacher_sha256": "abc", "config_sha256": "c1", "settings": ["train.seed=0"]}
+    mb.check_run(tmp_path / "distill", key)
+    mb.check_run(tmp_path / "distill", key)
+    with pytest.raises(SystemExit, match=r"other settings \(teacher_sha256 abc -> def\): delete it"):
+        mb.check_run(tmp_path / "distill", {**key, "teacher_sha256": "def"})
+    with pytest.raises(SystemExit, match="config_sha256 c1 -> c2"):
+        mb.check_run(tmp_path / "distill", {**key, "config_sha256": "c2"})
 
 
 def test_drift_separates_weights_from_batchnorm_statistics(mb, tmp_path):
@@ -178,6 +181,8 @@ def test_records_let_a_later_session_finish_the_benchmark(mb, tmp_path, monkeypa
     mb.main([*args, "--out", str(tmp_path / "runs4"), "--student-steps", "50"])
     assert trained == []
     score_yaml.write_text(score_yaml.read_text().replace("lr: 1.0e-5", "lr: 2.0e-5", 1))
+    with pytest.raises(SystemExit, match="score_s0 was trained under other settings"):  # not re-recorded as new
+        mb.main([*args, "--out", str(tmp_path / "runs3"), "--student-steps", "50"])
     mb.main([*args, "--out", str(tmp_path / "runs4"), "--student-steps", "50"])  # a changed config: its stage again
     assert sorted(r[2] for r in trained) == ["score_s0", "score_s1"]
     trained.clear()

@@ -29,7 +29,7 @@ instead of training again, so the hours of CPU this takes can be spread over sev
 headline runs come first. --ignore-records makes new records.
 Without a record, a rerun still skips finished work in --out: a stage resumes from its last
 checkpoint or extends to a larger budget, an evaluation is redone only for a student that trained
-further. A student folder is tied to the teacher file it was trained from (its SHA-256).
+further. A student folder is tied to the teacher file, stage config and settings it was trained with.
 """
 from __future__ import annotations
 
@@ -98,14 +98,15 @@ def config_hash(path: Path, sets) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def check_teacher(student_out: Path, teacher_hash: str) -> None:
-    """Refuse to extend a student trained from another teacher file."""
-    record = student_out / "teacher.sha256"
-    if record.exists() and record.read_text().strip() != teacher_hash:
-        sys.exit(f"{student_out} was trained from teacher {record.read_text().strip()}, but --teacher is now "
-                 f"{teacher_hash}: delete {student_out} to train it from the new teacher")
+def check_run(student_out: Path, key: dict) -> None:
+    """Refuse to extend or score a student folder made from another teacher file, stage config or
+    settings (the budget may grow: a stage extends)."""
+    tag = student_out / "run_key.json"
+    if tag.exists() and (old := json.loads(tag.read_text())) != key:
+        changed = ", ".join(f"{k} {old.get(k)} -> {v}" for k, v in key.items() if old.get(k) != v)
+        sys.exit(f"{student_out} was trained under other settings ({changed}): delete it to train it again")
     student_out.mkdir(parents=True, exist_ok=True)
-    record.write_text(f"{teacher_hash}\n")
+    tag.write_text(json.dumps(key) + "\n")
 
 
 def evaluate(weights: Path, split: str, out: Path, steps: int, args, log: Path) -> dict[str, dict]:
@@ -190,7 +191,7 @@ def main(argv=None) -> int:
             if "curves" not in done and (out / run / "tensorboard").is_dir():  # a record from before curves
                 done = save_record(path, {**done, "curves": curves(out / run)})
             return done
-        check_teacher(out / run, teacher_hash)
+        check_run(out / run, {k: key[k] for k in ("teacher_sha256", "config_sha256", "settings")})
         extra = [a for s in (f"distill.teacher={teacher}", *sets) for a in ("--set", s)]
         weights = stage(name, config, out / run, steps, log, *extra)
         return save_record(path, {
