@@ -205,3 +205,23 @@ def test_markdown_table_has_every_row_and_the_scan_baseline(mb):
     assert "| the scan itself | - | - | 0.131 | | | 0.301 |" in text
     assert "| DDPO-8 minus teacher-8 | -0.0200 [-0.0300, -0.0100] (n=11) |" in text
     assert "| ddpo_s0 | 1.00e-04 | 1.0e-06 | 2.00e+00 | 1.0e-01 |" in text
+
+
+def test_report_only_writes_the_table_from_the_records_there_are(mb, tmp_path, monkeypatch):
+    """Half-way through (here: seed 1 and the ablations not trained yet), --report-only trains
+    nothing and writes the table of what is recorded, naming what is missing."""
+    trained, teacher = fake_training(mb, tmp_path, monkeypatch)
+    args = ["--teacher", str(teacher), "--resamples", "100", "--lams", "1.2", "--loser-weights", "", "--gt-weights", ""]
+    with pytest.raises(SystemExit, match="no record of the teacher"):
+        mb.main([*args, "--out", str(tmp_path / "r0"), "--report-only"])
+    mb.main([*args, "--out", str(tmp_path / "r1"), "--seeds", "1", "--no-ablations"])
+    trained.clear()
+    mb.main([*args, "--out", str(tmp_path / "r2"), "--seeds", "2", "--report-only"])
+    assert trained == []
+    result = json.loads((tmp_path / "bench" / "mini_benchmark.json").read_text())
+    assert result["missing"] == ["distill_s1", "score_s1", "distill_base_40", "distill_lam1.2_40", "distill_jsd_40",
+                                 "distill_indep_40", "distill_realta_40"]
+    assert ("Distillation-DPO", 8, 1) in [(r["model"], r["steps"], r["seeds"]) for r in result["rows"]]
+    assert result["comparisons"]["DDPO-8 minus teacher-8"]["all"]["scenes"] == 8
+    text = (tmp_path / "bench" / "mini_benchmark.md").read_text()
+    assert "**Incomplete**: no record yet of distill_s1, score_s1," in text

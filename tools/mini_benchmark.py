@@ -23,13 +23,12 @@ mini teacher of config/train/teacher_mini.yaml):
    node then runs the student), only if DDPO-8 beats teacher-8 with the interval below zero.
 
 Each finished run (trained and scored) leaves a small record in --records (bench/mini_benchmark_runs,
-kept in git: per-scene scores, drift, wall time, the commit), keyed by the teacher file's SHA-256,
-the stage config's, the settings, the budget and what was scored. A rerun reads a matching record
-instead of training again, so the hours of CPU this takes can be spread over several sessions; the
-headline runs come first. --ignore-records makes new records.
-Without a record, a rerun still skips finished work in --out: a stage resumes from its last
-checkpoint or extends to a larger budget, an evaluation is redone only for a student that trained
-further. A student folder is tied to the teacher file, stage config and settings it was trained with.
+kept in git: per-scene scores, drift, training curves, wall time, the commit), keyed by the teacher
+file's SHA-256, the resolved stage config's, the settings, the budget and what was scored. A rerun
+reads a matching record instead of training again, so the hours of CPU can be spread over sessions
+(headline runs first); --report-only writes the table from the records there are. Without a record,
+finished work in --out still counts: a stage resumes or extends to a larger budget, an evaluation is
+redone only for a student that trained further, and a folder is tied to its teacher, config and settings.
 """
 from __future__ import annotations
 
@@ -146,9 +145,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--teacher", default=str(REPO / "ddpo_ros" / "weights" / "mini.safetensors"))
     p.add_argument("--out", default="runs/mini", help="training runs and evaluation outputs (large; not kept)")
-    p.add_argument("--records", default="bench/mini_benchmark_runs",
-                   help="one small JSON per finished run (scores per scene, drift, wall time); kept in git, "
-                        "so that the benchmark can be finished over several sessions")
+    p.add_argument("--records", default="bench/mini_benchmark_runs", help="one small JSON per finished run, in git")
     p.add_argument("--ignore-records", action="store_true",
                    help="train and score again what the records hold (finished runs in --out are still reused)")
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
@@ -163,6 +160,8 @@ def main(argv=None) -> int:
                    help="distill.gt_weight ablation (seed 0): a structure term, the winner's Chamfer distance to the "
                         "ground truth; at 0.1 its gradient is about as large as Eq. 18's")
     p.add_argument("--no-ablations", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: the table from the records there are, naming the runs still missing")
     p.add_argument("--teacher-steps", type=int, default=50, help="the teacher's long row (and its 8-step row)")
     p.add_argument("--synthetic", type=int, default=8, help="held-out synthetic scenes scored")
     p.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples")
@@ -173,6 +172,7 @@ def main(argv=None) -> int:
     records = REPO / args.records
     args.out, log, started = out, out / "log.txt", time.perf_counter()
     teacher, teacher_hash = Path(args.teacher).resolve(), file_hash(args.teacher)
+    missing = []  # runs without a record (--report-only)
 
     def scored(weights: Path, steps: int) -> dict[str, dict]:
         tag = f"teacher@{teacher_hash}" if weights == teacher else f"{weights.parent.name}@{steps_done(weights.parent)}"
@@ -191,6 +191,9 @@ def main(argv=None) -> int:
             if "curves" not in done and (out / run / "tensorboard").is_dir():  # a record from before curves
                 done = save_record(path, {**done, "curves": curves(out / run)})
             return done
+        if args.report_only:
+            missing.append(run)
+            return None
         check_run(out / run, {k: key[k] for k in ("teacher_sha256", "config_sha256", "settings")})
         extra = [a for s in (f"distill.teacher={teacher}", *sets) for a in ("--set", s)]
         weights = stage(name, config, out / run, steps, log, *extra)
@@ -206,16 +209,18 @@ def main(argv=None) -> int:
         path = records / f"teacher_{teacher_hash}.json"
         if (done := record_for(path, key, args.ignore_records)) is not None:
             return done
+        if args.report_only:
+            sys.exit(f"--report-only: no record of the teacher's scores in {records}")
         return save_record(path, {"key": key, "code": git_commit(),
                                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                   "eval": {str(s): scored(teacher, s) for s in key["eval_steps"]}})
 
     # the headline runs first, then the ablations: a cut-off session leaves the comparison furthest along
     teacher_runs = teacher_record()["eval"]
-    ddpo = [student("distill", f"distill_s{s}", args.student_steps, FEW, f"train.seed={s}")
-            for s in range(args.seeds)]
-    score = [student("score-distill", f"score_s{s}", args.student_steps, (8,), f"train.seed={s}")
-             for s in range(args.seeds)]
+    ddpo = [r for s in range(args.seeds) if (r := student("distill", f"distill_s{s}", args.student_steps, FEW,
+                                                          f"train.seed={s}"))]
+    score = [r for s in range(args.seeds) if (r := student("score-distill", f"score_s{s}", args.student_steps, (8,),
+                                                           f"train.seed={s}"))]
     ablations = [] if args.no_ablations else [
         *[(f"lambda {lam}", f"distill_lam{lam}", f"distill.lam={lam}") for lam in args.lams.split(",") if lam],
         ("JSD preference", "distill_jsd", "distill.preference=jsd"),
@@ -227,17 +232,18 @@ def main(argv=None) -> int:
           for w in args.gt_weights.split(",") if w]]
     if ablations and args.ablation_steps != args.student_steps:  # read every ablation against the same budget
         ablations.insert(0, ("as the main run (lambda 1.1)", "distill_base", ))
-    ablated = {label: student("distill", f"{run}_{args.ablation_steps}", args.ablation_steps, (8,), *settings,
-                              "train.seed=0") for label, run, *settings in ablations}
+    ablated = {label: r for label, run, *settings in ablations
+               if (r := student("distill", f"{run}_{args.ablation_steps}", args.ablation_steps, (8,), *settings,
+                                "train.seed=0"))}
 
     def row(label: str, steps: int, runs: list[dict]) -> dict:
         return {"model": label, "steps": steps, "seeds": len(runs),
                 **{split: summarise([r[split] for r in runs]) for split in SPLITS}}
 
     rows = [row("LiDiff teacher", s, [teacher_runs[str(s)]]) for s in (args.teacher_steps, *FEW)]
-    rows += [row("score distillation", 8, [r["eval"]["8"] for r in score])]
-    rows += [row("Distillation-DPO", s, [r["eval"][str(s)] for r in ddpo]) for s in FEW]
-    if ablations and args.ablation_steps == args.student_steps:
+    rows += [row("score distillation", 8, [r["eval"]["8"] for r in score])] if score else []
+    rows += [row("Distillation-DPO", s, [r["eval"][str(s)] for r in ddpo]) for s in FEW] if ddpo else []
+    if ablations and args.ablation_steps == args.student_steps and ddpo:
         rows += [row("Distillation-DPO, seed 0 (ablation baseline)", 8, [ddpo[0]["eval"]["8"]])]
     rows += [row(f"Distillation-DPO, {label}", 8, [r["eval"]["8"]]) for label, r in ablated.items()]
     scan = {split: float(np.mean([m["scan_cd"] for m in teacher_runs["8"][split].values()])) for split in SPLITS}
@@ -248,11 +254,12 @@ def main(argv=None) -> int:
                [{k: v for split in SPLITS for k, v in r[split].items()} for r in b]
         return {**{split: paired([r[split] for r in a], [r[split] for r in b], args.resamples) for split in SPLITS},
                 "all": paired(*both, args.resamples)}
-    comparisons = {"DDPO-8 minus teacher-8": compare(ddpo8, [teacher_runs["8"]]),
-                   "DDPO-8 minus score-8": compare(ddpo8, score8),
-                   # the students train their one-step sample only: does that step improve, at least?
-                   **{f"DDPO-{s} minus teacher-{s}": compare([r["eval"][str(s)] for r in ddpo], [teacher_runs[str(s)]])
-                      for s in FEW[1:]}}
+    comparisons = {} if not ddpo else {
+        "DDPO-8 minus teacher-8": compare(ddpo8, [teacher_runs["8"]]),
+        **({"DDPO-8 minus score-8": compare(ddpo8, score8)} if score else {}),
+        # the students train their one-step sample only: does that step improve, at least?
+        **{f"DDPO-{s} minus teacher-{s}": compare([r["eval"][str(s)] for r in ddpo], [teacher_runs[str(s)]])
+           for s in FEW[1:]}}
     named = [*((f"ddpo_s{i}", r) for i, r in enumerate(ddpo)), *((f"score_s{i}", r) for i, r in enumerate(score)),
              *ablated.items()]
     drifts = {name: r["drift"] for name, r in named}
@@ -265,7 +272,7 @@ def main(argv=None) -> int:
               "teacher": {"path": str(teacher), "sha256": teacher_hash}, "student_steps": args.student_steps,
               "ablation_steps": args.ablation_steps if ablations else None,
               "seeds": args.seeds, "scan_cd": scan, "rows": rows, "comparisons": comparisons, "drift": drifts,
-              "training": training,
+              "training": training, "missing": missing,
               "training_minutes": minutes, "total_minutes": (time.perf_counter() - started) / 60}
     bench = REPO / "bench"
     bench.mkdir(exist_ok=True)

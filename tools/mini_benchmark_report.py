@@ -80,6 +80,8 @@ def markdown(result: dict) -> str:
              f"{result['student_steps']} optimiser steps" + (
                  f"; ablations seed 0, {result['ablation_steps']} steps" if result.get("ablation_steps") else "")
              + "; mean ± std over seeds.", "",
+             *([f"**Incomplete**: no record yet of {', '.join(result['missing'])} (tools/mini_benchmark.py "
+                "finishes them).", ""] if result.get("missing") else []),
              "| model | steps | seeds | synthetic CD m | acc m | cov m | KITTI CD m | acc m | cov m | JSD 3D "
              "| s/scene |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
