@@ -65,9 +65,11 @@ def curves(run: Path) -> dict[str, list]:
     return {tag: sorted({e.step: e.value for e in events.Scalars(tag)}.items()) for tag in CURVES if tag in have}
 
 
-def trend(curve: list, window: int = 10) -> tuple[float, float]:
-    """Mean of a curve's first and of its last `window` logged values."""
+def trend(curve: list) -> tuple[float, float]:
+    """Mean of the first and of the last quarter of a curve's logged values (at least one each), so
+    that a 40-step ablation and a 100-step run are both read start against end."""
     values = [v for _, v in curve]
+    window = max(1, len(values) // 4)
     return float(np.mean(values[:window])), float(np.mean(values[-window:]))
 
 
@@ -104,8 +106,8 @@ def markdown(result: dict) -> str:
     for name, d in result["drift"].items():
         w, b = d["weights"], d["bn_stats"]
         lines.append(f"| {name} | {w['l2']:.2e} | {w['relative']:.1e} | {b['l2']:.2e} | {b['relative']:.1e} |")
-    lines += ["", "During training (mean of the first -> last 10 logged steps): CD of the student's own one-step "
-              "winner and loser (m), how often the lam sample won, |g| per side:", "",
+    lines += ["", "During training (mean of the first -> last quarter of the logged steps): CD of the student's own "
+              "one-step winner and loser (m), how often the lam sample won, |g| per side:", "",
               "| student | winner CD | loser CD | lam sample won | abs(g_w) | abs(g_l) |", "|---|---|---|---|---|---|"]
     for name, t in result.get("training", {}).items():
         if "preference/winner" not in t:
