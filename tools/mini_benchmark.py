@@ -129,6 +129,8 @@ def record_for(path: Path, key: dict, ignore: bool) -> dict | None:
 
 
 def save_record(path: Path, record: dict) -> dict:
+    """Write a run's record, stamped with the commit and the date."""
+    record = {**record, "code": git_commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))
@@ -188,8 +190,6 @@ def main(argv=None) -> int:
         path = records / f"{run}.json"
         if (done := record_for(path, key, args.ignore_records)) is not None:
             print(f"{run}: from {path.relative_to(REPO)}", flush=True)
-            if "curves" not in done and (out / run / "tensorboard").is_dir():  # a record from before curves
-                done = save_record(path, {**done, "curves": curves(out / run)})
             return done
         if args.report_only:
             missing.append(run)
@@ -198,9 +198,8 @@ def main(argv=None) -> int:
         extra = [a for s in (f"distill.teacher={teacher}", *sets) for a in ("--set", s)]
         weights = stage(name, config, out / run, steps, log, *extra)
         return save_record(path, {
-            "key": key, "run": run, "code": git_commit(),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "train_seconds": float((out / run / "seconds.txt").read_text()), "drift": drift(teacher, weights),
+            "key": key, "run": run, "train_seconds": float((out / run / "seconds.txt").read_text()),
+            "drift": drift(teacher, weights),
             "curves": curves(out / run),
             "eval": {str(s): scored(weights, s) for s in eval_steps}})
 
@@ -211,9 +210,7 @@ def main(argv=None) -> int:
             return done
         if args.report_only:
             sys.exit(f"--report-only: no record of the teacher's scores in {records}")
-        return save_record(path, {"key": key, "code": git_commit(),
-                                  "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                  "eval": {str(s): scored(teacher, s) for s in key["eval_steps"]}})
+        return save_record(path, {"key": key, "eval": {str(s): scored(teacher, s) for s in key["eval_steps"]}})
 
     # the headline runs first, then the ablations: a cut-off session leaves the comparison furthest along
     teacher_runs = teacher_record()["eval"]

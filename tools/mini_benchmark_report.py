@@ -109,10 +109,10 @@ def markdown(result: dict) -> str:
     lines += ["", "During training (mean of the first -> last quarter of the logged steps): CD of the student's own "
               "one-step winner and loser (m), how often the lam sample won, |g| per side:", "",
               "| student | winner CD | loser CD | lam sample won | abs(g_w) | abs(g_l) |", "|---|---|---|---|---|---|"]
+    tags = ("preference/winner", "preference/loser", "preference/lam_sample_won", "g/winner_norm", "g/loser_norm")
     for name, t in result.get("training", {}).items():
         if "preference/winner" not in t:
             continue
-        tags = ("preference/winner", "preference/loser", "preference/lam_sample_won", "g/winner_norm", "g/loser_norm")
         cells = [f"{t[k][0]:.3f} -> {t[k][1]:.3f}" if k in t else "" for k in tags]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
