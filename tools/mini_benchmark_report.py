@@ -106,9 +106,10 @@ def markdown(result: dict) -> str:
     for name, d in result["drift"].items():
         w, b = d["weights"], d["bn_stats"]
         lines.append(f"| {name} | {w['l2']:.2e} | {w['relative']:.1e} | {b['l2']:.2e} | {b['relative']:.1e} |")
-    lines += ["", "During training (mean of the first -> last quarter of the logged steps): CD of the student's own "
-              "one-step winner and loser (m), how often the lam sample won, |g| per side:", "",
-              "| student | winner CD | loser CD | lam sample won | abs(g_w) | abs(g_l) |", "|---|---|---|---|---|---|"]
+    lines += ["", "During training (mean of the first -> last quarter of the logged steps): the preference score "
+              "(CD in m; JSD for the JSD-as-preference run) of the student's own one-step winner and loser, "
+              "how often the lam sample won, |g| per side:", "",
+              "| student | winner score | loser score | lam sample won | abs(g_w) | abs(g_l) |", "|---|---|---|---|---|---|"]
     tags = ("preference/winner", "preference/loser", "preference/lam_sample_won", "g/winner_norm", "g/loser_norm")
     for name, t in result.get("training", {}).items():
         if "preference/winner" not in t:
