@@ -109,7 +109,8 @@ def markdown(result: dict) -> str:
     lines += ["", "During training (mean of the first -> last quarter of the logged steps): the preference score "
               "(CD in m; JSD for the JSD-as-preference run) of the student's own one-step winner and loser, "
               "how often the lam sample won, |g| per side:", "",
-              "| student | winner score | loser score | lam sample won | abs(g_w) | abs(g_l) |", "|---|---|---|---|---|---|"]
+              "| student | winner score | loser score | lam sample won | abs(g_w) | abs(g_l) |",
+              "|---|---|---|---|---|---|"]
     tags = ("preference/winner", "preference/loser", "preference/lam_sample_won", "g/winner_norm", "g/loser_norm")
     for name, t in result.get("training", {}).items():
         if "preference/winner" not in t:
