@@ -142,6 +142,8 @@ def test_main_trains_every_student_and_scores_every_row(mb, tmp_path, monkeypatc
     assert vs_teacher["all"]["scenes"] == 8 and vs_teacher["all"]["mean"] == pytest.approx(-0.01)
     assert result["comparisons"]["DDPO-8 minus score-8"]["kitti"]["mean"] == pytest.approx(0.0)
     assert result["comparisons"]["DDPO-1 minus teacher-1"]["all"]["mean"] == pytest.approx(-0.01 / 8)
+    jsd = result["comparisons"]["JSD preference (ablation) minus teacher-8"]["all"]
+    assert jsd["scenes"] == 8 and jsd["mean"] == pytest.approx(-0.01)
     assert result["drift"]["ddpo_s0"]["weights"]["l2"] == pytest.approx(1.0)
     assert result["training_minutes"] == pytest.approx(11.0)  # 11 students of 60 s
     text = (tmp_path / "bench" / "mini_benchmark.md").read_text()

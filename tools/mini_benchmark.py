@@ -257,6 +257,9 @@ def main(argv=None) -> int:
         # the students train their one-step sample only: does that step improve, at least?
         **{f"DDPO-{s} minus teacher-{s}": compare([r["eval"][str(s)] for r in ddpo], [teacher_runs[str(s)]])
            for s in FEW[1:]}}
+    # an ablation is one seed, so its interval is over scenes only: does any variant beat the teacher?
+    comparisons.update({f"{label} (ablation) minus teacher-8": compare([r["eval"]["8"]], [teacher_runs["8"]])
+                        for label, r in ablated.items()})
     named = [*((f"ddpo_s{i}", r) for i, r in enumerate(ddpo)), *((f"score_s{i}", r) for i, r in enumerate(score)),
              *ablated.items()]
     drifts = {name: r["drift"] for name, r in named}
