@@ -157,13 +157,34 @@ def from_dict(cls, data: Any, where: str = ""):
 
 def to_dict(cfg) -> dict:
     """Plain dict (lists, not tuples) that `from_dict` reads back to an equal config."""
-    def plain(v):
-        if isinstance(v, (tuple, list)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-    return plain(dataclasses.asdict(cfg))
+    return _plain(dataclasses.asdict(cfg))
+
+
+def added_option(default: Any) -> Any:
+    """A field for an option added after results were recorded, whose default changes nothing (it
+    runs exactly the code that ran before the option existed). `behaviour` leaves it out at its
+    default, so records keyed by the config (tools/mini_benchmark.py) keep matching; a test should
+    show the default is a no-op."""
+    return field(default=default, metadata={"added_option": True})
+
+
+def behaviour(cfg) -> dict:
+    """`to_dict` without the `added_option` fields that sit at their default: two configs that run the
+    same code give the same dict, whatever options were added since one of them was recorded."""
+    def walk(obj):
+        if not dataclasses.is_dataclass(obj):
+            return obj
+        return {f.name: walk(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get("added_option") and getattr(obj, f.name) == f.default)}
+    return _plain(walk(cfg))
+
+
+def _plain(v):
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
 
 
 def load_config(path: str | Path, cls=Config):

@@ -88,11 +88,11 @@ def file_hash(path: Path) -> str:
 
 def config_hash(path: Path, sets) -> str:
     """SHA-256 of the stage's resolved config (YAML, --set overrides and the schema's defaults), so that
-    a changed comment keeps a record and a changed default does not; the teacher file counts by its own hash."""
-    import dataclasses
-
+    a changed comment keeps a record and a changed default does not (an option declared with
+    ddpo_ros.config.added_option counts only away from its default); the teacher counts by its own hash."""
+    from ddpo_ros.config import behaviour
     from training.config import load_train_config, parse_sets
-    cfg = dataclasses.asdict(load_train_config(path, parse_sets(sets)))
+    cfg = behaviour(load_train_config(path, parse_sets(sets)))
     cfg["distill"]["teacher"] = ""
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
