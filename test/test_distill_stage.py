@@ -263,3 +263,43 @@ def test_gt_weight_pulls_the_students_winner_to_the_ground_truth(tmp_path, teach
     assert all(a < b for a, b in zip(pulled[1:], paper[1:])), (pulled, paper)
     with pytest.raises(ValueError, match="distill.gt_weight"):
         load_train_config(config(tmp_path, "distill", teacher_weights, distill={"gt_weight": -1.0}), {})
+
+
+def test_oracle_real_takes_the_real_score_from_the_ideal_denoiser(tmp_path, teacher_weights, monkeypatch):
+    """distill.oracle_real: g's real side is eps* of the batch's own ground truth (the winner's and the
+    loser's call), not the teacher; per scene of a batch its own ground truth; exclusive with real_ta."""
+    from torch.utils.data import default_collate
+
+    from ddpo_ros.diffusion import schedule_from_config
+    from training import distill
+    from training.config import load_train_config
+    from training.data.sets import build_sets
+    from training.loop import setup
+    from training.oracle import OracleDenoiser
+    from training.rollout import TARGET_ORACLE
+
+    cfg = load_train_config(config(tmp_path, "distill", teacher_weights, distill={"oracle_real": True}), {})
+    train_set, _ = build_sets(cfg)
+    stage = distill.build(cfg, train_set=train_set, val_set=None, run=setup(cfg, tmp_path / "run"))
+    calls, call = [], distill.IdealScore.__call__
+
+    def spy(self, x_t, cond, t):
+        out = call(self, x_t, cond, t)
+        calls.append((self, x_t.clone(), t.clone(), out))
+        return out
+    monkeypatch.setattr(distill.IdealScore, "__call__", spy)
+    batch = default_collate([train_set[0]])
+    logs = stage.step(batch)
+    assert len(calls) == 2 and math.isfinite(logs["g/winner_norm"])  # the winner's and the loser's
+    schedule = schedule_from_config(cfg.diffusion)
+    gt = batch["gt"][0]
+    for _, x_t, t, out in calls:
+        torch.testing.assert_close(out[0], OracleDenoiser(gt.numpy(), schedule, **TARGET_ORACLE)(x_t[0], int(t[0])))
+    two = torch.stack([gt, gt.flip(0) + 5.0])  # a batch of two scenes: each is scored by its own ground truth
+    x, t = calls[0][1].repeat(2, 1, 1), torch.tensor([300, 700])
+    eps = distill.IdealScore(two, schedule)(x, None, t)
+    for i in range(2):
+        torch.testing.assert_close(eps[i], OracleDenoiser(two[i].numpy(), schedule, **TARGET_ORACLE)(x[i], int(t[i])))
+    with pytest.raises(ValueError, match="distill.oracle_real"):
+        load_train_config(config(tmp_path, "distill", teacher_weights,
+                                 distill={"oracle_real": True, "real_ta": True}), {})

@@ -127,11 +127,14 @@ def test_main_trains_every_student_and_scores_every_row(mb, tmp_path, monkeypatc
                     "--loser-weights", "0.5", "--gt-weights", "0.1", "--resamples", "200"]) == 0
     runs = sorted(r[2] for r in trained)
     assert runs == ["distill_base_40", "distill_gt0.1_40", "distill_indep_40", "distill_jsd_40", "distill_lam1.2_40",
-                    "distill_lw0.5_40", "distill_realta_40", "distill_s0", "distill_s1", "score_s0", "score_s1"]
+                    "distill_lw0.5_40", "distill_oracle_40", "distill_oracle_lw0_40", "distill_realta_40",
+                    "distill_s0", "distill_s1", "score_s0", "score_s1"]
     assert {r[2]: r[4] for r in trained}["distill_s1"] == 100 and {r[2]: r[4] for r in trained}["distill_jsd_40"] == 40
     indep = next(r[3] for r in trained if r[2] == "distill_indep_40")
     assert "distill.pair_noise=independent" in indep and "distill.lam=1.0" in indep
     assert any("distill.loser_weight=0.5" in r[3] for r in trained if r[2] == "distill_lw0.5_40")
+    oracle_lw0 = next(r[3] for r in trained if r[2] == "distill_oracle_lw0_40")
+    assert "distill.oracle_real=true" in oracle_lw0 and "distill.loser_weight=0" in oracle_lw0
     assert all(f"distill.teacher={teacher.resolve()}" in r[3] for r in trained)
     result = json.loads((tmp_path / "bench" / "mini_benchmark.json").read_text())
     labels = [(r["model"], r["steps"], r["seeds"]) for r in result["rows"]]
@@ -145,7 +148,7 @@ def test_main_trains_every_student_and_scores_every_row(mb, tmp_path, monkeypatc
     jsd = result["comparisons"]["JSD preference (ablation) minus teacher-8"]["all"]
     assert jsd["scenes"] == 8 and jsd["mean"] == pytest.approx(-0.01)
     assert result["drift"]["ddpo_s0"]["weights"]["l2"] == pytest.approx(1.0)
-    assert result["training_minutes"] == pytest.approx(11.0)  # 11 students of 60 s
+    assert result["training_minutes"] == pytest.approx(13.0)  # 13 students of 60 s
     text = (tmp_path / "bench" / "mini_benchmark.md").read_text()
     assert "| Distillation-DPO | 8 | 2 |" in text and "ablations seed 0, 40 steps" in text
     record = json.loads((tmp_path / "bench" / "mini_benchmark_runs" / "distill_s0.json").read_text())
@@ -222,7 +225,7 @@ def test_report_only_writes_the_table_from_the_records_there_are(mb, tmp_path, m
     assert trained == []
     result = json.loads((tmp_path / "bench" / "mini_benchmark.json").read_text())
     assert result["missing"] == ["distill_s1", "score_s1", "distill_base_40", "distill_lam1.2_40", "distill_jsd_40",
-                                 "distill_indep_40", "distill_realta_40"]
+                                 "distill_indep_40", "distill_realta_40", "distill_oracle_40", "distill_oracle_lw0_40"]
     assert ("Distillation-DPO", 8, 1) in [(r["model"], r["steps"], r["seeds"]) for r in result["rows"]]
     assert result["comparisons"]["DDPO-8 minus teacher-8"]["all"]["scenes"] == 8
     text = (tmp_path / "bench" / "mini_benchmark.md").read_text()

@@ -8,8 +8,9 @@ mini teacher of config/train/teacher_mini.yaml):
    --student-steps optimiser steps, for each of --seeds seeds; and the ablations with seed 0 and
    --ablation-steps steps (with a baseline of the main settings at that budget): distill.lam in
    --lams, distill.preference jsd, distill.loser_weight in --loser-weights, pairs from two noises
-   (distill.pair_noise independent, lam 1), the real score from ta_real (distill.real_ta) and a
-   structure term, the winner's Chamfer distance to the ground truth (distill.gt_weight in --gt-weights);
+   (distill.pair_noise independent, lam 1), the real score from ta_real (distill.real_ta) or from the
+   ideal denoiser (distill.oracle_real; with and without the loser's term), and a structure term, the
+   winner's Chamfer distance to the ground truth (distill.gt_weight in --gt-weights);
 2. every model scored by `train.py evaluate` without the refiner (as the reference evaluates) on
    --synthetic held-out synthetic scenes and on KITTI frames 10/20/30 of kitti_seq00_0_39, which no
    stage trains on: teacher --teacher-steps and 8/4/2/1 steps, score distillation 8, Distillation-DPO
@@ -18,9 +19,9 @@ mini teacher of config/train/teacher_mini.yaml):
    differences DDPO-8 minus teacher-8, DDPO-8 minus score-8 and DDPO-k minus teacher-k at 4/2/1 steps
    per scene (averaged over seeds) with a 95% bootstrap interval over scenes;
 4. each student's drift from the teacher, trained weights apart from BatchNorm statistics;
-5. bench/mini_benchmark.{json,md}. --bundle writes the seed-0 Distillation-DPO student with the
-   encoder, the teacher and the teacher file's refiner to ddpo_ros/weights/mini.safetensors (the
-   node then runs the student), only if DDPO-8 beats teacher-8 with the interval below zero.
+5. bench/mini_benchmark.{json,md}. --bundle writes the seed-0 Distillation-DPO student with the encoder,
+   the teacher and the teacher file's refiner to ddpo_ros/weights/mini.safetensors (the node then runs
+   the student), only if DDPO-8 beats teacher-8 with the interval below zero.
 
 Each finished run (trained and scored) leaves a small record in --records (bench/mini_benchmark_runs,
 kept in git: per-scene scores, drift, training curves, wall time, the commit), keyed by the teacher
@@ -87,9 +88,8 @@ def file_hash(path: Path) -> str:
 
 
 def config_hash(path: Path, sets) -> str:
-    """SHA-256 of the stage's resolved config (YAML, --set overrides and the schema's defaults), so that
-    a changed comment keeps a record and a changed default does not (an option declared with
-    ddpo_ros.config.added_option counts only away from its default); the teacher counts by its own hash."""
+    """SHA-256 of the resolved stage config (YAML, --set, schema defaults; an added_option only when set, see
+    ddpo_ros.config.behaviour): a new comment keeps a record, a new default does not. The teacher: file_hash."""
     from ddpo_ros.config import behaviour
     from training.config import load_train_config, parse_sets
     cfg = behaviour(load_train_config(path, parse_sets(sets)))
@@ -199,8 +199,7 @@ def main(argv=None) -> int:
         weights = stage(name, config, out / run, steps, log, *extra)
         return save_record(path, {
             "key": key, "run": run, "train_seconds": float((out / run / "seconds.txt").read_text()),
-            "drift": drift(teacher, weights),
-            "curves": curves(out / run),
+            "drift": drift(teacher, weights), "curves": curves(out / run),
             "eval": {str(s): scored(weights, s) for s in eval_steps}})
 
     def teacher_record() -> dict:
@@ -225,6 +224,8 @@ def main(argv=None) -> int:
           if w],
         ("independent pair noises, lambda 1", "distill_indep", "distill.pair_noise=independent", "distill.lam=1.0"),
         ("real score from ta_real", "distill_realta", "distill.real_ta=true"),
+        ("real score from the ideal denoiser", "distill_oracle", "distill.oracle_real=true"),  # a perfect teacher
+        ("ideal real score, winner only", "distill_oracle_lw0", "distill.oracle_real=true", "distill.loser_weight=0"),
         *[(f"winner pulled to the ground truth, gt_weight {w}", f"distill_gt{w}", f"distill.gt_weight={w}")
           for w in args.gt_weights.split(",") if w]]
     if ablations and args.ablation_steps != args.student_steps:  # read every ablation against the same budget

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ddpo_ros.config import CompletionConfig, ConfigError, DiffusionConfig, ModelConfig, _check, load_config
+from ddpo_ros.config import (CompletionConfig, ConfigError, DiffusionConfig, ModelConfig, _check, added_option,
+                             load_config)
 
 STAGES = ("teacher", "refine", "distill", "score-distill", "diffusion-dpo")
 
@@ -145,12 +146,19 @@ class DistillConfig:
     # A structure term next to Eq. 18, as ScoreLiDAR's scene loss: this weight times the squared Chamfer
     # distance of the student's one-step winner to the ground truth (0: the paper's loss alone).
     gt_weight: float = 0.0
+    # The real score of g is the ideal denoiser of the batch's ground truth (training/oracle.py), the
+    # teacher no network trained on this scene can beat, instead of the frozen teacher: the control
+    # that tells what the pair does from what the teacher's under-training does (docs/mini-scale.md).
+    # Two coarse ideal-denoiser calls per student step (~1-2 s on 2 CPU cores).
+    oracle_real: bool = added_option(False)
 
     def __post_init__(self):
         _check(self.lam > 0, "distill.lam", "must be > 0")
         _check(self.g_weighting in ("eps", "dmd"), "distill.g_weighting", "must be 'eps' or 'dmd'")
         _check(self.loser_weight >= 0, "distill.loser_weight", "must be >= 0")
         _check(self.gt_weight >= 0, "distill.gt_weight", "must be >= 0")
+        _check(not (self.oracle_real and self.real_ta), "distill.oracle_real",
+               "excludes distill.real_ta (g has one real score)")
         _check(self.pair_noise in ("shared", "independent"), "distill.pair_noise", "must be 'shared' or 'independent'")
         _check(self.ta_lr > 0, "distill.ta_lr", "must be > 0")
         _check(self.ta_steps >= 1, "distill.ta_steps", "must be >= 1")

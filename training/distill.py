@@ -25,6 +25,7 @@ distill.g_weighting "dmd" re-weights g in clean-cloud units per sample (DMD; los
 distill.loser_weight scales Eq. 18's loser term, and distill.pair_noise "independent" draws the
 pair from two noises (docs/mini-scale.md, "Why the students get worse", measures all three).
 distill.gt_weight adds a structure term, the winner's squared Chamfer distance to the ground truth.
+distill.oracle_real takes the real score from the ideal denoiser of the batch's ground truth (IdealScore).
 Logged: |g| per side and the student's drift from the teacher (parameters apart from BatchNorm
 buffers), so a student that only moved its statistics shows as one.
 """
@@ -40,8 +41,24 @@ from ddpo_ros.pipeline import Completer
 from .common import drift, load_teacher, make_optimizer
 from .loop import Run, Stage, inference_config
 from .losses import chamfer_squared, dmd_normalise, noise_mse, student_surrogate
+from .oracle import OracleDenoiser
+from .rollout import TARGET_ORACLE
 from .student import frozen_condition, noised_sample, pair_samples, trained_mode, uses_ve
 from .validation import validator
+
+
+class IdealScore:
+    """The real score as the ideal denoiser of each scene's ground truth: called like the teacher,
+    (x_t (B, N, 3), cond, t (B,)) -> eps*, with eps* = (x_t - E[x_0 | x_t]) / sigma_t (training/oracle.py)."""
+
+    def __init__(self, gt, schedule):
+        self.oracles = [OracleDenoiser(g.detach().cpu().numpy(), schedule, **TARGET_ORACLE) for g in gt]
+
+    def eval(self) -> "IdealScore":
+        return self
+
+    def __call__(self, x_t, cond, t):
+        return torch.stack([oracle(x, int(s)) for oracle, x, s in zip(self.oracles, x_t, t)])
 
 
 def student_pair(cfg, schedule, student, teacher, ta_win, ta_lose, cond, x_init, gt, generator):
@@ -113,8 +130,9 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
         out["loss/ta"] = loss_ta.item()
 
         trained_mode(student, freeze)  # the reference samples in train mode (batch statistics)
-        G_w, G_l, g_w, g_l, scores, lam_won = student_pair(cfg, schedule, g_student, real, ta_win, ta_lose,
-                                                           cond, x_init, gt, g)
+        G_w, G_l, g_w, g_l, scores, lam_won = student_pair(cfg, schedule, g_student,
+                                                           IdealScore(gt, schedule) if d.oracle_real else real,
+                                                           ta_win, ta_lose, cond, x_init, gt, g)
         loss = student_surrogate(G_w, G_l, g_w, g_l, d.omega or None, d.loser_weight)
         if d.gt_weight:  # skipped at 0, so the paper's loss runs exactly as without the option
             structure = chamfer_squared(G_w, gt.to(G_w.device))
