@@ -230,3 +230,20 @@ def test_report_only_writes_the_table_from_the_records_there_are(mb, tmp_path, m
     assert result["comparisons"]["DDPO-8 minus teacher-8"]["all"]["scenes"] == 8
     text = (tmp_path / "bench" / "mini_benchmark.md").read_text()
     assert "**Incomplete**: no record yet of distill_s1, score_s1," in text
+
+
+def test_curves_keep_the_resumed_value_whatever_the_event_files_names(mb, tmp_path):
+    """Event files written in one second sort by a per-process counter as text (".10" before ".9"): the
+    value a resume logged again must win by wall time, not by file name."""
+    from torch.utils.tensorboard import SummaryWriter
+    logs = tmp_path / "run" / "tensorboard"
+    for first, last in ((1, 13), (12, 21)):
+        with SummaryWriter(logs) as writer:
+            for step in range(first, last):
+                writer.add_scalar("preference/winner", 0.2 + 0.01 * step + (0.5 if last == 13 else 0.0), step)
+    older, newer = sorted(logs.iterdir(), key=lambda p: p.stat().st_mtime)
+    older.rename(logs / "events.out.tfevents.1.host.1.9")  # the first run's file now sorts last
+    newer.rename(logs / "events.out.tfevents.1.host.1.10")
+    winner = mb.curves(tmp_path / "run")["preference/winner"]
+    assert [s for s, _ in winner] == list(range(1, 21))
+    assert winner[11][1] == pytest.approx(0.32) and winner[0][1] == pytest.approx(0.71)

@@ -55,14 +55,20 @@ CURVES = ("preference/winner", "preference/loser", "preference/lam_sample_won", 
 
 def curves(run: Path) -> dict[str, list]:
     """The training scalars worth keeping from a run's TensorBoard logs, {tag: [[step, value], ...]};
-    a step logged again after a resume keeps its last value."""
+    a step logged again after a resume keeps its latest value by wall time. Not by file order: event
+    files written in one second sort by a per-process counter as text (".10" before ".9")."""
     if not (run / "tensorboard").is_dir():
         return {}
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0}, purge_orphaned_data=False)
     events.Reload()
-    have = set(events.Tags()["scalars"])
-    return {tag: sorted({e.step: e.value for e in events.Scalars(tag)}.items()) for tag in CURVES if tag in have}
+    have, out = set(events.Tags()["scalars"]), {}
+    for tag in (t for t in CURVES if t in have):
+        latest = {}
+        for e in sorted(events.Scalars(tag), key=lambda e: e.wall_time):
+            latest[e.step] = e.value
+        out[tag] = sorted(latest.items())
+    return out
 
 
 def trend(curve: list) -> tuple[float, float]:
