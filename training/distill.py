@@ -41,8 +41,7 @@ from ddpo_ros.pipeline import Completer
 from .common import drift, load_teacher, make_optimizer
 from .loop import Run, Stage, inference_config
 from .losses import chamfer_squared, dmd_normalise, noise_mse, student_surrogate
-from .oracle import OracleDenoiser
-from .rollout import TARGET_ORACLE
+from .oracle import TARGET_ORACLE, OracleDenoiser
 from .student import frozen_condition, noised_sample, pair_samples, trained_mode, uses_ve
 from .validation import validator
 

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ddpo_ros.diffusion import SAMPLERS, Schedule, inference_timesteps, standard_noise
 
-from .oracle import OracleDenoiser
+from .oracle import TARGET_ORACLE, OracleDenoiser
 
 
 class _Reached(Exception):
@@ -56,13 +56,6 @@ def trajectory_states(eps_fn: Callable[[Tensor, int], Tensor], x_init: Tensor, s
     except _Reached:
         pass
     return [found[k] for k in calls]
-
-
-# A coarser ideal denoiser than the oracle study's (cutoff 4, cubes of sigma / 2): 3-5x faster
-# (0.5-1.0 s for 40,000 points on a 2-core Xeon) and 0.013 RMS from it in eps, squared 2e-4,
-# against the teacher's 0.02-0.35 squared error that it is to correct (held-out synthetic scene,
-# t = 125-999).
-TARGET_ORACLE = {"cutoff": 3.0, "cell_fraction": 1.0}
 
 
 def oracle_targets(gt: Tensor, states: list[tuple[Tensor, int]], schedule: Schedule) -> list[Tensor]:
