@@ -175,3 +175,21 @@ def test_refine_teacher_of_another_width_is_rejected_with_its_name(tmp_path):
     teacher = tiny_teacher(tmp_path / "wide.safetensors", width=0.25)
     proc = train(write_config(tmp_path / "t.yaml", refine={"teacher": str(teacher)}), tmp_path / "x")
     assert proc.returncode != 0 and "refine.teacher" in proc.stderr and "wide.safetensors" in proc.stderr
+
+
+def test_refine_init_fine_tunes_the_given_refiner_and_refuses_another_architecture(trained, tmp_path):
+    from ddpo_ros.checkpoint import load_checkpoint
+    init = weights_file(trained, 20)
+    config = write_config(tmp_path / "t.yaml", refine={"init": str(init)},
+                          train={"epochs": 1, "lr": 1.0e-12, "seed": 3, "checkpoint_every": 1, "val_every": 100})
+    proc = train(config, tmp_path / "run", "--set", "train.max_steps=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = load_checkpoint(init).state["refiner"]
+    after = load_checkpoint(weights_file(tmp_path / "run", 1)).state["refiner"]
+    learned = [k for k in before if k.endswith(("kernel", "weight")) and before[k].dim() > 1]
+    # lr 1e-12: the trained refiner's weights, not a fresh network's
+    assert learned and all(torch.allclose(before[k], after[k], atol=1e-9) for k in learned)
+
+    wide = write_config(tmp_path / "wide.yaml", model={"width": 0.25}, refine={"init": str(init)})
+    proc = train(wide, tmp_path / "x")
+    assert proc.returncode == 2 and "refine.init" in proc.stderr and str(init) in proc.stderr

@@ -108,6 +108,7 @@ class RefineConfig:
     # training scan (its completion settings, no refiner) instead of jittered ground truth, so it
     # sees at training what it refines at inference. Empty: jittered ground truth (the reference).
     teacher: str = ""
+    init: str = added_option("")           # start from the refiner of these weights; "": random
 
     def __post_init__(self):
         _check(self.jitter_sigma >= 0 and self.jitter_clip >= 0, "refine.jitter_sigma/jitter_clip", "must be >= 0")

@@ -30,6 +30,8 @@ points lie off the surfaces in its own way, not as isotropic jitter of the groun
 teacher's 8-step points: 18 cm from the surfaces, spread like the scan, not like the ground truth).
 A completion costs the teacher's sampling steps per sample (~5 s at mini scale on 2 CPU cores).
 
+`refine.init` starts from the refiner of existing weights instead of random ones (fine-tuning).
+
 Validation: on the first train.val_scans validation pairs, the paper's CD
 (ddpo_ros.datasets.ground_truth.chamfer_distance, metres) of the input (jittered ground truth or
 the teacher's completion) and of the refined output to the ground truth, as val/cd_input and
@@ -99,7 +101,10 @@ def refined(refiner, x: Tensor) -> Tensor:
 
 
 def build(cfg, run: Run, train_set, val_set) -> Stage:
-    refiner = build_refiner(cfg.model).to(run.device)
+    if cfg.refine.init:  # fine-tuning, e.g. the bundled refiner behind a retrained teacher
+        refiner = load_roles(cfg.refine.init, "refine.init", cfg, ["refiner"], run.device)["refiner"]
+    else:
+        refiner = build_refiner(cfg.model).to(run.device)
     net = run.wrap(refiner)
     params = list(refiner.parameters())
     optimizer = make_optimizer(cfg, params)
