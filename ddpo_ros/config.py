@@ -24,6 +24,14 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type; the message names it."""
 
 
+def added_option(default: Any) -> Any:
+    """A field for an option added after results were recorded, whose default changes nothing (it
+    runs exactly the code that ran before the option existed). `behaviour` leaves it out at its
+    default, so records keyed by the config (tools/mini_benchmark.py) keep matching; a test should
+    show the default is a no-op."""
+    return field(default=default, metadata={"added_option": True})
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """LiDiff network shape (MinkUNetDiff / MinkGlobalEnc / MinkUNet) and sparse backend."""
@@ -79,6 +87,11 @@ class CompletionConfig:
     sampler: Literal["sde-dpmsolver++", "dpmsolver++", "ddpm", "ve-sde-dpmsolver++", "ve-dpmsolver++"] = \
         "sde-dpmsolver++"
     final_sigma: Literal["sigma_min", "zero"] = "sigma_min"  # sigma_min: end at t = 0 as the reference
+    # First sampler step (SDEdit-style partial diffusion): start from x_init + sigma_t eps at t = start_t
+    # and sample only start_t .. 0. None: the reference, x_init + eps at T-1. The scan already lies on
+    # the surfaces, so a teacher that drifts off them on its own trajectory loses less from a later
+    # start (docs/mini-scale.md, "Where sampling starts"). Distillation students generate from T-1.
+    start_t: int | None = added_option(None)
     seed: int | None = None               # None: fresh noise every scene
     # bf16: bfloat16 convolutions in the denoiser and refiner (AMX CPUs, GPUs): ~2x faster at
     # paper width on an AMX CPU (not at mini width), an approximation of fp32; both measured in the README.
@@ -92,6 +105,7 @@ class CompletionConfig:
         _check(self.replication >= 1, "completion.replication", "must be >= 1")
         _check(0 <= self.min_range < self.max_range, "completion.min_range/max_range",
                "need 0 <= min_range < max_range")
+        _check(self.start_t is None or self.start_t >= 0, "completion.start_t", "must be >= 0 (or null)")
 
 
 @dataclass(frozen=True)
@@ -158,14 +172,6 @@ def from_dict(cls, data: Any, where: str = ""):
 def to_dict(cfg) -> dict:
     """Plain dict (lists, not tuples) that `from_dict` reads back to an equal config."""
     return _plain(dataclasses.asdict(cfg))
-
-
-def added_option(default: Any) -> Any:
-    """A field for an option added after results were recorded, whose default changes nothing (it
-    runs exactly the code that ran before the option existed). `behaviour` leaves it out at its
-    default, so records keyed by the config (tools/mini_benchmark.py) keep matching; a test should
-    show the default is a no-op."""
-    return field(default=default, metadata={"added_option": True})
 
 
 def behaviour(cfg) -> dict:

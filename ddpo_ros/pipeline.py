@@ -4,7 +4,8 @@ Every front end (the ROS node, `ddpo complete`, evaluation) calls this one class
 LiDiff's `diff_completion_pipeline.py` step by step (reference section 2):
 
 1. keep 3.5 m < r < 50 m, farthest-point sample 18,000 points (Open3D's exact selection),
-   repeat them x10: x_init (180,000 points); x_T = x_init + eps (Eq. 19 with lambda = 1);
+   repeat them x10: x_init (180,000 points); x_T = x_init + eps (Eq. 19 with lambda = 1), or with
+   completion.start_t the partial start x_init + sigma_start eps at t = start_t;
 2. solve the reverse diffusion on the offset x_t - x_init with classifier-free guidance
    eps = eps_u + w (eps_c - eps_u), the unconditional condition being an all-zero scan;
 3. keep r < 50 m and mean_z - 2 std_z < z < max_z of x_init;
@@ -28,7 +29,7 @@ from torch import Tensor
 
 from .clouds import crop_range, valid_rows
 from .config import CompletionConfig, Config
-from .diffusion import SAMPLERS, guide, inference_timesteps, schedule_from_config
+from .diffusion import SAMPLERS, guide, inference_timesteps, schedule_from_config, start_noise_scale
 from .completion import Completion, Shortcuts, StageClock
 from .fps import farthest_point_sample
 from .loading import completion_settings, resolve_device
@@ -222,7 +223,10 @@ class Completer:
             raise ValueError("refine requested but the weights have no refiner (pass refine=False)")
         if denoise is None and self.denoiser is None:
             raise ValueError("this Completer has no networks: pass denoise=")
-        timesteps = inference_timesteps(self.schedule, steps)  # validates steps
+        try:  # validates steps against completion.start_t
+            timesteps = inference_timesteps(self.schedule, steps, c.start_t)
+        except ValueError as e:
+            raise ValueError(f"completion.steps / completion.start_t: {e}") from None
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
         clock = StageClock(self.device)
@@ -230,6 +234,8 @@ class Completer:
         partial = torch.from_numpy(partial_np).to(self.device)[None]
         x_init = partial.repeat(1, c.replication, 1)  # tiled, as LiDiff's scan.repeat(10, 1)
         noise = torch.randn(x_init.shape, generator=generator).to(self.device)
+        if c.start_t is not None:  # x_init + sigma_start eps (reference: x_init + eps at T-1)
+            noise = noise * start_noise_scale(self.schedule, c.start_t)
         clock.mark("preprocess")
 
         if denoise is None:

@@ -9,7 +9,7 @@ import torch
 from ddpo_ros.config import DiffusionConfig
 from ddpo_ros.diffusion import (SAMPLERS, add_local_noise, data_prediction, dpmpp_update, guide, guided,
                                 inference_timesteps, initial_state, make_schedule, sample_ddpm, sample_dpmpp,
-                                schedule_from_config, unconditional_cloud)
+                                schedule_from_config, start_noise_scale, unconditional_cloud)
 
 diffusers = pytest.importorskip("diffusers")
 SCHED = make_schedule()
@@ -64,6 +64,24 @@ def test_timesteps_equal_diffusers(n):
         assert inference_timesteps(SCHED, 8).tolist() == [999, 874, 749, 624, 500, 375, 250, 125]
     with pytest.raises(ValueError):
         inference_timesteps(SCHED, 0)
+
+
+def test_a_later_start_samples_the_end_of_the_same_grid():
+    """completion.start_t: linspace(0, start, n + 1) as the reference's grid over 0..T-1; T-1 is the reference."""
+    for n in (1, 8, 50):
+        assert inference_timesteps(SCHED, n, 999).tolist() == inference_timesteps(SCHED, n).tolist()
+    assert inference_timesteps(SCHED, 8, 125).tolist() == [125, 109, 94, 78, 62, 47, 31, 16]
+    assert inference_timesteps(SCHED, 1, 250).tolist() == [250]
+    assert inference_timesteps(SCHED, 126, 125).tolist() == list(range(125, -1, -1))  # no repeated step
+    for n in (2, 4, 50, 125):
+        steps = inference_timesteps(SCHED, n, 125).tolist()
+        assert steps[0] == 125 and len(set(steps)) == n and steps == sorted(steps, reverse=True)
+    with pytest.raises(ValueError, match=r"num_steps must be in 1..126 \(start 125\), got 127"):
+        inference_timesteps(SCHED, 127, 125)
+    with pytest.raises(ValueError, match="start must be in 0..999"):
+        inference_timesteps(SCHED, 8, 1000)
+    assert start_noise_scale(SCHED) == 1.0  # the reference's x_T = x_init + eps
+    assert start_noise_scale(SCHED, 125) == pytest.approx(float((1 - SCHED.alphas_cumprod[125]).sqrt()))
 
 
 @pytest.mark.parametrize("final", ["sigma_min", "zero"])

@@ -168,7 +168,7 @@ def test_records_let_a_later_session_finish_the_benchmark(mb, tmp_path, monkeypa
     mb.main([*args, "--out", str(tmp_path / "runs1")])
     records = sorted(p.name for p in (tmp_path / "bench" / "mini_benchmark_runs").iterdir())
     assert records == ["distill_s0.json", "distill_s1.json", "score_s0.json", "score_s1.json",
-                       f"teacher_{mb.file_hash(teacher)}.json"]
+                       f"teacher_{mb.teacher_hash_of(teacher)}.json"]
     first = (tmp_path / "bench" / "mini_benchmark.json").read_text()
     trained.clear()
     mb.main([*args, "--out", str(tmp_path / "runs2")])  # a new session: no run folders
@@ -247,3 +247,14 @@ def test_curves_keep_the_resumed_value_whatever_the_event_files_names(mb, tmp_pa
     winner = mb.curves(tmp_path / "run")["preference/winner"]
     assert [s for s, _ in winner] == list(range(1, 21))
     assert winner[11][1] == pytest.approx(0.32) and winner[0][1] == pytest.approx(0.71)
+
+
+def test_the_teacher_key_is_its_networks_not_the_file(mb, tmp_path):
+    """Records stay valid when the teacher file's completion settings or refiner change (rows are scored
+    at the reference's start), not when a network tensor changes."""
+    a, b, c = (tmp_path / f"{n}.safetensors" for n in "abc")
+    save_file({"teacher.w": torch.ones(4), "encoder.w": torch.ones(2)}, str(a), metadata={"config": "start_t: null"})
+    save_file({"teacher.w": torch.ones(4), "encoder.w": torch.ones(2), "refiner.w": torch.zeros(3)}, str(b),
+              metadata={"config": "start_t: 125"})
+    save_file({"teacher.w": torch.ones(4), "encoder.w": torch.full((2,), 1.0 + 1e-6)}, str(c))
+    assert mb.teacher_hash_of(a) == mb.teacher_hash_of(b) != mb.teacher_hash_of(c)

@@ -92,6 +92,32 @@ def test_one_step_scene_is_x_init_plus_the_guided_x0(scan, w):
         c.complete(scan, steps=0)
 
 
+def test_a_later_start_begins_at_start_t_from_x_init_plus_sigma_noise(scan):
+    """completion.start_t (SDEdit-style): the first state is x_init + sigma_start eps, the first call's t
+    is start_t, and the steps are the end of the reference grid; the default is the reference's start."""
+    calls = {}
+    for start in (None, 125):
+        cfg = replace(TINY, completion=replace(TINY.completion, start_t=start))
+        seen = []
+
+        def record(x, t):
+            seen.append((x.clone(), t))
+            return torch.zeros_like(x)
+        c = Completer(None, None, None, cfg)
+        c.complete(scan, steps=4, seed=5, refine=False, denoise=record)
+        partial = torch.from_numpy(c.preprocess(scan)[0])[None]
+        noise = torch.randn((1, 6000, 3), generator=torch.Generator().manual_seed(5))
+        scale = 1.0 if start is None else float(c.schedule.sigma(125))
+        torch.testing.assert_close(seen[0][0], partial.repeat(1, 10, 1) + scale * noise)
+        calls[start] = [t for _, t in seen]
+    assert calls[None] == [999, 749, 500, 250] and calls[125] == [125, 94, 62, 31]
+    c = Completer(None, None, None, replace(TINY, completion=replace(TINY.completion, start_t=125)))
+    with pytest.raises(ValueError, match=r"completion.steps / completion.start_t: num_steps must be in 1..126"):
+        c.complete(scan, steps=200, refine=False, denoise=lambda x, t: torch.zeros_like(x))
+    with pytest.raises(ValueError, match="completion.start_t"):
+        CompletionConfig(start_t=-1)
+
+
 def test_input_validation_names_the_problem(completer, scan):
     with pytest.raises(ValueError, match="numpy array"):
         completer.complete(scan.tolist())

@@ -29,10 +29,11 @@ def scan():
     return partial_scan(make_sample(3, lidar=Lidar(beams=16, azimuth_steps=512))["scan"], max_range=12.0)
 
 
-@pytest.mark.parametrize("sampler", ["ve-sde-dpmsolver++", "sde-dpmsolver++", "ve-dpmsolver++", "ddpm"])
-def test_trajectory_states_are_the_states_the_completer_hands_its_denoiser(scan, sampler):
+@pytest.mark.parametrize("sampler, start", [("ve-sde-dpmsolver++", None), ("sde-dpmsolver++", None),
+                                            ("ve-dpmsolver++", None), ("ddpm", None), ("ve-sde-dpmsolver++", 125)])
+def test_trajectory_states_are_the_states_the_completer_hands_its_denoiser(scan, sampler, start):
     completion = CompletionConfig(num_points=POINTS, replication=REPLICATION, max_range=12.0, refine=False,
-                                  sampler=sampler, denoiser="teacher")
+                                  sampler=sampler, denoiser="teacher", start_t=start)
     completer = Completer(None, None, None, Config(completion=completion))
     seen = []
 
@@ -48,7 +49,8 @@ def test_trajectory_states_are_the_states_the_completer_hands_its_denoiser(scan,
         made.append(t)
         return eps_fn(x, t)
     states = trajectory_states(counted, x_init, STEPS, completer.schedule, sampler, calls,
-                               generator=torch.Generator().manual_seed(7))
+                               generator=torch.Generator().manual_seed(7), start=start)
+    assert seen[0][1] == (999 if start is None else start)
     assert len(made) == 5  # the network runs up to the last wanted call, not through it
     for k, (x, t) in zip(calls, states):
         assert t == seen[k][1]

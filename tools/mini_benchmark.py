@@ -25,7 +25,8 @@ mini teacher of config/train/teacher_mini.yaml):
 
 Each finished run (trained and scored) leaves a small record in --records (bench/mini_benchmark_runs,
 kept in git: per-scene scores, drift, training curves, wall time, the commit), keyed by the teacher
-file's SHA-256, the resolved stage config's, the settings, the budget and what was scored. A rerun
+networks' SHA-256 (every row is scored at the reference's start, whatever start the file sets), the
+resolved stage config's, the settings, the budget and what was scored. A rerun
 reads a matching record instead of training again, so the hours of CPU can be spread over sessions
 (headline runs first); --report-only writes the table from the records there are. Without a record,
 finished work in --out still counts: a stage resumes or extends to a larger budget, an evaluation is
@@ -48,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # training/ is not an installed package
 from training import checkpoints  # noqa: E402
 from tools.mini_benchmark_report import (bootstrap_interval, curves, drift, markdown, paired,  # noqa: E402,F401
-                                         summarise, trend)
+                                         summarise, teacher_hash as teacher_hash_of, trend)
 TRAIN = [sys.executable, str(REPO / "training" / "train.py")]
 SPLITS = ("synthetic", "kitti")
 FEW = (8, 4, 2, 1)  # the sampling steps of the students' rows (and of the teacher's, next to its long row)
@@ -83,13 +84,9 @@ def stage(name: str, config: str, out: Path, steps: int, log: Path, *extra: str)
     return out / "weights.safetensors"
 
 
-def file_hash(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
 def config_hash(path: Path, sets) -> str:
     """SHA-256 of the resolved stage config (YAML, --set, schema defaults; an added_option only when set, see
-    ddpo_ros.config.behaviour): a new comment keeps a record, a new default does not. The teacher: file_hash."""
+    ddpo_ros.config.behaviour): a new comment keeps a record, a new default does not. The teacher: teacher_hash."""
     from ddpo_ros.config import behaviour
     from training.config import load_train_config, parse_sets
     cfg = behaviour(load_train_config(path, parse_sets(sets)))
@@ -114,7 +111,7 @@ def evaluate(weights: Path, split: str, out: Path, steps: int, args, log: Path) 
         data = [f"synthetic:{args.synthetic}"] if split == "synthetic" else \
             [Path(args.data) / "kitti_seq00_0_39", "--start", 10, "--every", 10, "--cache-dir", Path(args.out) / "maps"]
         sh([*TRAIN, "evaluate", "--weights", weights, "--data", *data, "--steps", steps, "--no-refine",
-            "--renders", 1, "--out", out], log)
+            "--start-t", "ref", "--renders", 1, "--out", out], log)
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
     return {r["scan"]: {**r["completion"], "seconds": r["seconds"], "scan_cd": r["scan_only"]["cd"]} for r in rows}
 
@@ -173,7 +170,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     records = REPO / args.records
     args.out, log, started = out, out / "log.txt", time.perf_counter()
-    teacher, teacher_hash = Path(args.teacher).resolve(), file_hash(args.teacher)
+    teacher, teacher_hash = Path(args.teacher).resolve(), teacher_hash_of(args.teacher)
     missing = []  # runs without a record (--report-only)
 
     def scored(weights: Path, steps: int) -> dict[str, dict]:

@@ -1,11 +1,27 @@
-"""The numbers and the table of `make mini-benchmark` (tools/mini_benchmark.py): a student's drift
-from its teacher, per-run summaries over seeds, paired per-scene differences with a bootstrap
+"""The numbers and the table of `make mini-benchmark` (tools/mini_benchmark.py): the teacher's key, a
+student's drift from its teacher, per-run summaries over seeds, paired per-scene differences with a bootstrap
 interval, training curves from TensorBoard logs and their trends, markdown."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
+
+
+def teacher_hash(path: Path) -> str:
+    """SHA-256 of a weights file's encoder and teacher tensors (names, dtypes, shapes, bytes), not of the
+    file: the students train from the networks alone, and every row is scored at the reference's start
+    (train.py evaluate --start-t ref), so a change of the file's completion settings (the bundled
+    completion.start_t) leaves the records valid."""
+    import torch
+    from safetensors.torch import load_file
+    h = hashlib.sha256()
+    for name, t in sorted(load_file(str(path)).items()):
+        if name.startswith(("encoder.", "teacher.")):
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def drift(teacher: Path, student: Path, role: str = "student") -> dict:

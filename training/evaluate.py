@@ -39,6 +39,7 @@ def settings_of(args, completer) -> dict:
             "replication": completer.config.completion.replication,
             # Only when not the default, so results made before the setting existed still resume.
             **({"precision": precision} if (precision := completer.config.completion.precision) != "fp32" else {}),
+            **({"start_t": start} if (start := completer.config.completion.start_t) is not None else {}),
             **({"poses": args.poses} if args.poses else {})}  # another map is another ground truth
 
 
@@ -136,11 +137,13 @@ def table(summary: dict) -> str:
 
 
 def completer_of(args):
-    """The Completer to score: the weights' own `completion:` settings, --precision replacing theirs
-    when given (--steps, --guidance and --seed go to each complete() call, see settings_of)."""
+    """The Completer to score: the weights' own `completion:` settings, --precision and --start-t replacing
+    theirs when given (--steps, --guidance and --seed go to each complete() call, see settings_of)."""
     from ddpo_ros.loading import load_completer
 
     overrides = {"precision": args.precision} if args.precision else {}
+    if getattr(args, "start_t", None) is not None:
+        overrides["start_t"] = None if args.start_t == "ref" else args.start_t
     return load_completer(args.weights, device=args.device, overrides=overrides)
 
 

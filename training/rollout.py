@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ddpo_ros.diffusion import SAMPLERS, Schedule, inference_timesteps, standard_noise
+from ddpo_ros.diffusion import SAMPLERS, Schedule, inference_timesteps, standard_noise, start_noise_scale
 
 from .oracle import TARGET_ORACLE, OracleDenoiser
 
@@ -31,11 +31,12 @@ class _Reached(Exception):
 
 def trajectory_states(eps_fn: Callable[[Tensor, int], Tensor], x_init: Tensor, steps: int, schedule: Schedule,
                       sampler: str, calls: list[int], *, generator: torch.Generator | None = None,
-                      final: str = "sigma_min") -> list[tuple[Tensor, int]]:
+                      final: str = "sigma_min", start: int | None = None) -> list[tuple[Tensor, int]]:
     """(state, t) that `sampler` hands the denoiser at each of its `calls` (0: the first call, the
     state x_init + eps at t = T-1) when completing from x_init in `steps` steps, as the Completer
     does: same start noise drawn from `generator` first, same offset state. eps_fn(x, t) sees the
-    absolute state and runs max(calls) times: the sampler stops at the last wanted call."""
+    absolute state and runs max(calls) times: the sampler stops at the last wanted call. `start`:
+    completion.start_t (the first state x_init + sigma_start eps at t = start)."""
     if not calls or min(calls) < 0 or max(calls) >= steps:
         raise ValueError(f"calls must lie in 0..{steps - 1}, got {calls}")
     last, found, made = max(calls), {}, [0]
@@ -49,9 +50,11 @@ def trajectory_states(eps_fn: Callable[[Tensor, int], Tensor], x_init: Tensor, s
         return eps_fn(x_init + offset, t)
 
     noise = standard_noise(x_init, generator)
+    if start is not None:
+        noise = noise * start_noise_scale(schedule, start)
     extra = {"final": final} if sampler != "ddpm" else {}
     try:
-        SAMPLERS[sampler](denoise, noise, inference_timesteps(schedule, steps), schedule, generator=generator,
+        SAMPLERS[sampler](denoise, noise, inference_timesteps(schedule, steps, start), schedule, generator=generator,
                           **extra)
     except _Reached:
         pass

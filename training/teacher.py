@@ -60,7 +60,8 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
             x_init = partial[first:first + 1].repeat(1, cfg.completion.replication, 1)
             calls = torch.randperm(c.rollout_steps, generator=g)[:k].tolist()  # distinct calls
             states = trajectory_states(eps_fn, x_init, c.rollout_steps, schedule, cfg.completion.sampler, calls,
-                                       generator=g, final=cfg.completion.final_sigma)
+                                       generator=g, final=cfg.completion.final_sigma,
+                                       start=cfg.completion.start_t)
             for j, ((x, s), eps) in enumerate(zip(states, oracle_targets(gt[first], states, schedule))):
                 row = first + levels - k + j
                 x_t[row], t[row], target[row] = x[0], s, eps[0]

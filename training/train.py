@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: 8 student, 50 teacher)")
     p.add_argument("--guidance", type=float, default=None, help="CFG weight (default: 3.5 student, 6 teacher)")
     p.add_argument("--no-refine", action="store_true", help="score the diffusion output without the refiner")
+    p.add_argument("--start-t", default=None, metavar="T|ref", type=lambda v: v if v == "ref" else int(v),
+                   help="first sampler step (completion.start_t); ref: the reference's x_init + eps at T-1 "
+                        "(default: the weights' own)")
     p.add_argument("--precision", default=None, choices=["fp32", "bf16"],
                    help="bf16: bfloat16 convolutions, faster on AMX CPUs and GPUs, approximate (default: the weights')")
     p.add_argument("--seed", type=int, default=0, help="noise seed of the first scan (+1 per scan)")

@@ -53,19 +53,32 @@ def schedule_from_config(cfg) -> Schedule:
     return make_schedule(cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end, cfg.beta_schedule)
 
 
-def inference_timesteps(schedule: Schedule, num_steps: int) -> Tensor:
-    """`num_steps` steps, linspace(0, T-1, n+1) rounded, reversed, last dropped (diffusers "linspace").
+def inference_timesteps(schedule: Schedule, num_steps: int, start: int | None = None) -> Tensor:
+    """`num_steps` steps, linspace(0, start, n+1) rounded, reversed, last dropped (diffusers "linspace").
 
-    8 steps: 999 874 749 624 500 375 250 125. The step after the last one is t = 0. For n = T the
-    rounding would repeat a step (diffusers does), so every step T-1 .. 0 is taken instead.
+    start None is T-1, the reference: 8 steps are 999 874 749 624 500 375 250 125; the step after
+    the last one is t = 0. A lower `start` samples only the end of the reverse process (SDEdit's
+    partial diffusion; `completion.start_t`): 8 steps from 125 are 125 109 94 78 62 47 31 16. When
+    n = start + 1 the rounding would repeat a step (diffusers does), so every step start .. 0 is taken.
     """
     t_max = schedule.num_train_timesteps
-    if not 1 <= num_steps <= t_max:
-        raise ValueError(f"num_steps must be in 1..{t_max}, got {num_steps}")
-    if num_steps == t_max:
-        return torch.arange(t_max - 1, -1, -1)
-    steps = np.linspace(0, t_max - 1, num_steps + 1).round()[::-1][:-1].astype(np.int64)
+    top = t_max - 1 if start is None else int(start)
+    if not 0 <= top <= t_max - 1:
+        raise ValueError(f"start must be in 0..{t_max - 1}, got {start}")
+    if not 1 <= num_steps <= top + 1:
+        raise ValueError(f"num_steps must be in 1..{top + 1}" + (f" (start {top})" if start is not None else "")
+                         + f", got {num_steps}")
+    if num_steps == top + 1:
+        return torch.arange(top, -1, -1)
+    steps = np.linspace(0, top, num_steps + 1).round()[::-1][:-1].astype(np.int64)
     return torch.from_numpy(steps.copy())
+
+
+def start_noise_scale(schedule: Schedule, start: int | None = None) -> float:
+    """The std of the noise the sampler's first state adds to x_init: 1 for the reference's
+    x_T = x_init + eps (start None), sigma_start = sqrt(1 - abar_start) for a later start, the
+    noise level at which the training noise x_0 + sigma_t eps meets the scan."""
+    return 1.0 if start is None else float(schedule.sigma(int(start)))
 
 
 def add_local_noise(schedule: Schedule, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
