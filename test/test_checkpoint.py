@@ -495,6 +495,19 @@ def test_merge_our_files_teacher_plus_refiner(tmp_path, nets, capsys):
     assert load_checkpoint(sub).roles == ("encoder", "teacher")
     assert load_checkpoint(sub).config == teacher_cfg  # refine off again: no refiner left
     assert_same_state(load_checkpoint(sub).state["teacher"], sd(nets["teacher"]))
+    # one file + --set: the same networks shipped with other sampling settings; the networks stay put
+    tuned = tmp_path / "tuned.safetensors"
+    assert main(["convert", str(cli_out), "--set", "completion.start_t=125", "--set", "completion.steps=4",
+                 "-o", str(tuned)]) == 0
+    t = load_checkpoint(tuned)
+    assert t.config == replace(m.config, completion=replace(m.config.completion, start_t=125, steps=4))
+    for role in m.roles:
+        assert_same_state(t.state[role], m.state[role])
+    for bad, why in ((["--set", "model.width=2"], "expected completion.KEY=VALUE"),
+                     (["--set", "completion.start=1"], "start"), (["--set", "completion.start_t=-5"], "start_t")):
+        assert main(["convert", str(cli_out), *bad, "-o", str(tmp_path / "bad.safetensors")]) == 2
+        assert why in capsys.readouterr().err
+    assert not (tmp_path / "bad.safetensors").exists()
 
     # one shape per file, one tensor set per role, one schedule per diffusion file
     wide = save_checkpoint(tmp_path / "wide.safetensors", {"refiner": make_net("refiner", 0, ModelConfig(width=0.25))},

@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", default=None,
                    help="reference layout to export to "
                         "(lidiff, lidiff_refine, scorelidar, distillation_dpo, ddpo_teacher)")
+    p.add_argument("--set", action="append", default=[], metavar="completion.KEY=VALUE",
+                   help="a sampling setting for the .safetensors output, e.g. --set completion.start_t=125")
     p.set_defaults(func=_lazy("convert", "convert_cli"))
 
     p = sub.add_parser("complete", help="complete LiDAR scans from files (.bin, .ply, .pcd, .npy) or a rosbag2",

@@ -2,7 +2,8 @@
 
 Three directions, picked by the inputs: `.ckpt` files -> one `.safetensors` (import, merged),
 one `.safetensors` + --layout -> a reference `.ckpt` (export), several `.safetensors` -> one
-(merge, e.g. a teacher run's and a refine run's weights). The work is in ddpo_ros.checkpoint
+(merge, e.g. a teacher run's and a refine run's weights; `--set completion.KEY=VALUE` changes the
+sampling settings the weights ship with). The work is in ddpo_ros.checkpoint
 (our format) and ddpo_ros.reference_ckpt (theirs); this module parses, reports and prints.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Mapping
 from torch import Tensor
 
 from ..checkpoint import CheckpointError, _check_roles, load_checkpoint, merge, save_checkpoint
-from ..config import ConfigError
+from ..config import CompletionConfig, ConfigError, from_dict, to_dict
 from ..reference_ckpt import LAYOUTS, export_reference, import_reference
 
 _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -25,6 +26,20 @@ _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 def _param_count(state: Mapping[str, Tensor]) -> int:
     """Trainable parameters in a state dict: BN running statistics and counters are not counted."""
     return sum(t.numel() for k, t in state.items() if not k.endswith(_BUFFERS))
+
+
+def with_completion(ckpt, sets) -> object:
+    """ckpt with `completion.KEY=VALUE` settings (YAML values) in its config: the sampling settings the
+    weights ship with (e.g. completion.start_t). model and diffusion describe the networks: not settable."""
+    import yaml
+    values = to_dict(ckpt.config.completion)
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("completion."):
+            raise ConfigError(f"--set {item!r}: expected completion.KEY=VALUE")
+        values[key.removeprefix("completion.")] = yaml.safe_load(value)
+    completion = from_dict(CompletionConfig, values, "--set completion")
+    return replace(ckpt, config=replace(ckpt.config, completion=completion))
 
 
 def convert_cli(args) -> int:
@@ -42,16 +57,16 @@ def convert_cli(args) -> int:
             ckpt = replace(ckpt, state={r: s for r, s in ckpt.state.items() if roles is None or r in roles})
             out = export_reference(ckpt, args.output, args.layout)
             state, config = {r: ckpt.state[r] for r in LAYOUTS[args.layout]}, ckpt.config
-        elif all(p.suffix == ".safetensors" for p in inputs) and (len(inputs) > 1 or roles):
+        elif all(p.suffix == ".safetensors" for p in inputs) and (len(inputs) > 1 or roles or args.set):
             # one file with --roles: a subset, e.g. a teacher file's encoder + teacher to merge with a
-            # refine run's refiner in place of the one it holds
-            ckpt = merge(inputs, roles)
+            # refine run's refiner in place of the one it holds; with --set: new sampling settings
+            ckpt = with_completion(merge(inputs, roles), args.set)
             out = save_checkpoint(args.output, ckpt.state, ckpt.config, step=ckpt.step, extra=ckpt.extra,
                                   source=ckpt.source)
             state, config = ckpt.state, ckpt.config
         else:
             if any(p.suffix == ".safetensors" for p in inputs):
-                raise CheckpointError("a .safetensors input needs --layout (export), --roles (a subset), or "
+                raise CheckpointError("a .safetensors input needs --layout (export), --roles (a subset), --set, or "
                                       "two or more .safetensors inputs and nothing else (merge); import takes "
                                       ".ckpt files")
             state, config, info = import_reference(inputs, roles)
