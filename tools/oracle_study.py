@@ -96,6 +96,8 @@ def main(argv=None) -> int:
     p.add_argument("--samplers", default=",".join(SAMPLERS))
     p.add_argument("--steps", default="1,2,4,8,50")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--start-t", type=int, default=None,
+                   help="completion.start_t: sample from x_init + sigma_t eps at this t (default: the reference start)")
     args = p.parse_args(argv)
 
     config = load_config(args.config, Config)
@@ -120,7 +122,8 @@ def main(argv=None) -> int:
                        "points": len(pred), "metrics": completion_metrics(pred, gt), **extra}
                 sink.write(json.dumps(row) + "\n")
                 sink.flush()
-            methods = [f"{s}, {k} steps" for s in samplers for k in steps]
+            late = "" if args.start_t is None else f", from t={args.start_t}"
+            methods = [f"{s}, {k} steps{late}" for s in samplers for k in steps]
             for method in ["scan", "sampled scan points (x_init)", *methods]:
                 if (key, method) in done:
                     bar.update(1)
@@ -134,8 +137,8 @@ def main(argv=None) -> int:
                     partial, _ = Completer(None, None, None, config).preprocess(scan)
                     emit(method, partial)
                 else:
-                    sampler, k = method.rsplit(", ", 1)
-                    cfg = replace(config, completion=replace(config.completion, sampler=sampler))
+                    sampler, k = method.split(", ")[:2]
+                    cfg = replace(config, completion=replace(config.completion, sampler=sampler, start_t=args.start_t))
                     start = time.perf_counter()
                     result = Completer(None, None, None, cfg).complete(
                         scan, steps=int(k.split()[0]), refine=False, seed=args.seed + n, denoise=oracle)
