@@ -49,7 +49,8 @@ COLUMNS = (("cd", "CD m"), ("accuracy", "acc m"), ("coverage", "cov m"), ("f@0.1
 
 def scenes(args) -> list[tuple[str, str, object]]:
     """(dataset, key, load) for the held-out synthetic scenes and the KITTI frames asked for."""
-    out = [("synthetic", key, load) for key, load in held_out_synthetic(args.synthetic)]
+    first = getattr(args, "synthetic_start", 0)  # tools/sampler_sweep.py --synthetic-start
+    out = [("synthetic", key, load) for key, load in held_out_synthetic(first + args.synthetic, first)]
     if args.kitti_frames:
         frames = [int(f) for f in args.kitti_frames.split(",")]
         todo = kitti_scenes(args.kitti, lambda n: frames, args.cache_dir, poses=args.poses)

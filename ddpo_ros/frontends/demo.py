@@ -45,12 +45,13 @@ def choose_weights(weights, out: Path, log) -> tuple[Path, bool]:
     if weights:
         return Path(weights), True
     if default_weights() is not None:
-        log("NOTE: using the bundled mini-scale weights: a width-0.25 LiDiff teacher (4,000-point scans, 8 steps, "
-            "VE sampler, no guidance) and a refiner trained on that teacher's own completions, both on procedural "
-            "streets only. On 9 KITTI frames they never saw, the refined completion's Chamfer distance is ~24% "
-            "below the scan's and it covers the ground truth ~44% better, but its points sit ~15 cm off the "
-            "surfaces (the scan's: 4 cm), and on synthetic streets its CD is still above the scan's; single frames "
-            "vary (docs/mini-scale.md, 'The refiner'). For paper-scale weights see the README's Training section.")
+        log("NOTE: using the bundled mini-scale weights: a width-0.25 LiDiff teacher (4,000-point scans, 8 steps "
+            "of the VE sampler from t = 125 (completion.start_t), no guidance) and a refiner trained on that "
+            "teacher's own completions, both on procedural streets only. On 9 KITTI frames they never saw, the "
+            "refined completion's Chamfer distance is ~25% below the scan's and it covers the ground truth ~39% "
+            "better (held-out synthetic streets: 9% and 51%), but its points sit ~11 cm off the surfaces (the "
+            "scan's: 4 cm); single frames vary (docs/mini-scale.md, 'Where sampling starts'). For paper-scale "
+            "weights see the README's Training section.")
         return default_weights(), True
     log("NOTE: the bundled weights ddpo_ros/weights/mini.safetensors are missing from this install (the git "
         "checkout has them; config/train/teacher_mini.yaml trains them). The demo runs the real pipeline with "
