@@ -11,7 +11,8 @@ What it does not show: that the teacher beats the scan itself (CD 0.171 here, id
 0.12). On this 2-core CPU the same teacher reaches CD 0.24 after 200 steps (2 min), 0.18 after 600
 and levels off at the scan's 0.17 after 1,000-1,200 (10-12 min): far beyond a test's budget, and
 no margin (docs/mini-scale.md, "A completion model"). A later start (completion.start_t = 125, what
-the bundled weights use) gives 0.22 after 120 steps, still above the scan. `DDPO_OVERFIT_STEPS=N` trains for N steps instead.
+the bundled weights use) gives 0.22 after 120 steps, still above the scan.
+`DDPO_OVERFIT_STEPS=N` trains for N steps instead.
 """
 from __future__ import annotations
 

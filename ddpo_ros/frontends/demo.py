@@ -48,8 +48,8 @@ def choose_weights(weights, out: Path, log) -> tuple[Path, bool]:
         log("NOTE: using the bundled mini-scale weights: a width-0.25 LiDiff teacher (4,000-point scans, 8 steps "
             "of the VE sampler from t = 125 (completion.start_t), no guidance) and a refiner trained on that "
             "teacher's own completions, both on procedural streets only. On 9 KITTI frames they never saw, the "
-            "refined completion's Chamfer distance is ~25% below the scan's and it covers the ground truth ~39% "
-            "better (held-out synthetic streets: 9% and 51%), but its points sit ~11 cm off the surfaces (the "
+            "refined completion's Chamfer distance is ~27% below the scan's and it covers the ground truth ~41% "
+            "better (held-out synthetic streets: 12% and 55%), but its points sit ~11-13 cm off the surfaces (the "
             "scan's: 4 cm); single frames vary (docs/mini-scale.md, 'Where sampling starts'). For paper-scale "
             "weights see the README's Training section.")
         return default_weights(), True
