@@ -227,8 +227,8 @@ def test_teacher_step_regresses_trajectory_rows_on_the_ideal_denoiser(tmp_path):
     schedule = schedule_from_config(cfg.diffusion)
     oracle = OracleDenoiser(scene.item["gt"].numpy(), schedule, **TARGET_ORACLE)
     eps, x_t, steps = seen["eps"].detach(), seen["x_t"], seen["t"].tolist()
-    assert set(steps[2:]) <= set(inference_timesteps(schedule, cfg.teacher.rollout_steps,
-                                                       cfg.completion.start_t).tolist())
+    calls = inference_timesteps(schedule, cfg.teacher.rollout_steps, cfg.completion.start_t)
+    assert set(steps[2:]) <= set(calls.tolist())
     target = [(x_t[r] - scene.item["gt"]) / schedule.sigma(steps[r]) for r in (0, 1)]
     target += [oracle(x_t[r:r + 1], steps[r])[0] for r in (2, 3)]
     errors = [float((eps[r] - target[r]).pow(2).mean()) for r in range(4)]
