@@ -69,6 +69,14 @@ def tiny_weights(tmp_path_factory) -> Path:
     return make_tiny_weights(tmp_path_factory.mktemp("weights") / "tiny.safetensors")
 
 
+def scalars(run: Path) -> dict[str, list[float]]:
+    """A training run's TensorBoard scalars, each tag's values in step order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    return {tag: [e.value for e in sorted(acc.Scalars(tag), key=lambda e: e.step)] for tag in acc.Tags()["scalars"]}
+
+
 def write_train_config(path: Path, base: dict, **sections) -> Path:
     """A training YAML: `base` with some sections' keys overridden (the stage tests' tiny configs)."""
     import yaml

@@ -14,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import REPO, kitti_scan
+from conftest import REPO, kitti_scan, scalars
 from ddpo_ros.checkpoint import save_checkpoint
 from ddpo_ros.config import CompletionConfig, Config, ModelConfig
 from ddpo_ros.models import build_denoiser, build_encoder
@@ -92,6 +92,8 @@ def test_score_distillation_baseline_runs(tmp_path, teacher_weights):  # with DM
     assert {k.split(".", 1)[0] for k in w} == {"encoder", "teacher", "student", "ta"}
     assert any(not torch.equal(w["student." + k.split(".", 1)[1]], v) for k, v in w.items()
                if k.startswith("teacher.") and "running" not in k)  # the student moved
+    cds = scalars(tmp_path / "sd")["sample/cd"]  # the one-step sample's CD, logged every step
+    assert len(cds) == 4 and all(0 < cd < 50 for cd in cds)
 
 
 def test_teacher_of_another_architecture_is_refused(tmp_path, teacher_weights):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, write_train_config
+from conftest import REPO, scalars, write_train_config
 
 # 2 synthetic scenes, batch 1, 10 epochs: 20 steps on a fixed set (no augmentation). The refiner
 # input is num_points x replication = 2,000 jittered points of the 2,000-point ground truth.
@@ -34,13 +34,6 @@ def train(config: Path, out: Path, *extra):
     cmd = [sys.executable, str(REPO / "training" / "train.py"), "refine", "--config", str(config),
            "--out", str(out), *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-
-
-def scalars(run: Path) -> dict[str, list[float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    acc = EventAccumulator(str(run / "tensorboard"))
-    acc.Reload()
-    return {tag: [e.value for e in sorted(acc.Scalars(tag), key=lambda e: e.step)] for tag in acc.Tags()["scalars"]}
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from ddpo_ros.pipeline import Completer
 from .common import drift, load_teacher, make_optimizer
 from .loop import Run, Stage, inference_config
 from .losses import dmd_normalise, noise_mse, score_distill_surrogate
-from .student import frozen_condition, noised_sample, one_step_generate, trained_mode, uses_ve
+from .student import frozen_condition, mean_cd, noised_sample, one_step_generate, trained_mode, uses_ve
 from .validation import validator
 
 
@@ -45,7 +45,7 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
         return noised_sample(schedule, x0, t, n, cfg.completion.max_range), t.to(run.device), n.to(run.device)
 
     def step(batch) -> dict[str, float]:
-        partial, _, cond = frozen_condition(encoder, [teacher], batch, run.device)
+        partial, gt, cond = frozen_condition(encoder, [teacher], batch, run.device)
         x_init = partial.repeat(1, reps, 1)
         out = {}
         for _ in range(d.ta_steps):
@@ -68,7 +68,7 @@ def build(cfg, run: Run, train_set, val_set) -> Stage:
         loss = score_distill_surrogate(G, grad, d.omega or None)
         out["grad_norm/student"] = run.optimise(opt_student, loss, student.parameters())
         out.update({"loss/ta": loss_ta.item(), "loss/student_surrogate": loss.item(),
-                    "g/norm": grad.norm().item()})
+                    "g/norm": grad.norm().item(), "sample/cd": mean_cd(G, gt)})
         out.update({f"drift/student_{k}": v for k, v in drift(student, teacher).items()})
         return out
 

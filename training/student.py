@@ -86,6 +86,12 @@ def preference(sample_a, sample_b, gt, metric: str = "cd") -> tuple[int, float, 
     return (0 if score_a <= score_b else 1), score_a, score_b
 
 
+def mean_cd(samples, gt) -> float:
+    """Batch mean of each sample's Chamfer distance (m) to its scene's ground truth, as the preference
+    scores a sample: what a one-step student's samples are worth while it trains."""
+    return float(np.mean([chamfer_distance(_cloud(s, "sample"), _cloud(t, "gt")) for s, t in zip(samples, gt)]))
+
+
 def pair_samples(student, cond, x_init, gt, lam, schedule, generator, metric, ve: bool = False,
                  independent: bool = False):
     """Two one-step samples, lambda 1 and lam -> winner, loser, CDs, lam-sample-won flags.
