@@ -4,7 +4,8 @@ Like Distillation-DPO without preferences: the student's one-step sample G(x_ini
 all there is. The TA fits the student's samples (noise MSE), and the student's gradient is
 (1/omega) (eps_teacher - eps_ta) . dG/d eta at x_t = G + sigma_t n (training/losses.py,
 score_distill_surrogate). ScoreLiDAR's structural losses are not part of this baseline. The
-one-step sample, BatchNorm mode (distill.freeze_bn) and drift logs are Distillation-DPO's.
+one-step sample, BatchNorm mode (distill.freeze_bn) and drift logs are Distillation-DPO's; sample/cd
+logs the one-step sample's CD to the ground truth, as distill's preference/* its pair's.
 """
 from __future__ import annotations
 
